@@ -1,0 +1,123 @@
+"""WSPO data: LLaMA-Factory's own loading and templates, SFT-format or pairwise data sets."""
+
+from typing import TYPE_CHECKING, Any
+
+from llamafactory.data import get_dataset
+from llamafactory.data.parser import get_dataset_list
+
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from llamafactory.data import Template
+    from llamafactory.hparams import DataArguments, ModelArguments
+    from transformers import Seq2SeqTrainingArguments
+
+    from ..hparams import WSPOArguments
+
+
+_PAIR_COLUMNS = ("input_ids", "attention_mask", "labels")
+
+
+def _is_ranking(dataset_names: list[str] | None, data_args: "DataArguments") -> bool | None:
+    if not dataset_names:
+        return None
+
+    kinds = {attr.ranking for attr in get_dataset_list(dataset_names, data_args.dataset_dir)}
+    if len(kinds) > 1:
+        raise ValueError(
+            f"`dataset`/`eval_dataset` mix pairwise and SFT-format data sets ({', '.join(dataset_names)}): "
+            "use data sets of one kind in a WSPO run."
+        )
+
+    return kinds.pop()
+
+
+def check_wspo_data(data_args: "DataArguments", finetuning_args: "WSPOArguments") -> bool:
+    r"""Check the data sets against ``wspo_response`` before anything loads; return whether they are pairwise."""
+    ranking = _is_ranking(data_args.dataset, data_args)
+    eval_ranking = _is_ranking(data_args.eval_dataset, data_args)
+    if ranking is not None and eval_ranking is not None and ranking != eval_ranking:
+        raise ValueError("`dataset` and `eval_dataset` must both be pairwise or both be SFT-format for WSPO.")
+
+    pairwise = bool(ranking if ranking is not None else eval_ranking)
+    if not pairwise and finetuning_args.wspo_response != "chosen":
+        names = ", ".join((data_args.dataset or []) + (data_args.eval_dataset or []))
+        raise ValueError(
+            f"`wspo_response: {finetuning_args.wspo_response}` needs a pairwise (ranking) data set, but {names} has "
+            "no pairs: use `wspo_response: chosen` (the default) to train on its responses."
+        )
+
+    return pairwise
+
+
+def _select_responses(dataset: "Dataset", choice: str) -> "Dataset":
+    r"""Turn LLaMA-Factory's pairwise columns into SFT columns holding the chosen, rejected or both responses."""
+    sides = ("chosen", "rejected") if choice == "both" else (choice,)
+    extra = [name for name in dataset.column_names if not name.startswith(("chosen_", "rejected_"))]
+
+    def select(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {name: [] for name in (*_PAIR_COLUMNS, *extra)}
+        for i in range(len(batch["chosen_input_ids"])):
+            for side in sides:
+                for name in _PAIR_COLUMNS:
+                    out[name].append(batch[f"{side}_{name}"][i])
+
+                for name in extra:
+                    out[name].append(batch[name][i])
+
+        return out
+
+    return dataset.map(
+        select, batched=True, remove_columns=dataset.column_names, desc=f"Selecting {choice} responses"
+    )
+
+
+def get_wspo_dataset(
+    template: "Template",
+    model_args: "ModelArguments",
+    data_args: "DataArguments",
+    training_args: "Seq2SeqTrainingArguments",
+    finetuning_args: "WSPOArguments",
+    pairwise: bool,
+    **tokenizer_module,
+) -> dict[str, Any]:
+    r"""Load, template and tokenize through LLaMA-Factory; pairwise sets become (prompt, response) examples."""
+    names = ", ".join((data_args.dataset or []) + (data_args.eval_dataset or []))
+    try:
+        dataset_module = get_dataset(
+            template, model_args, data_args, training_args, stage="rm" if pairwise else "sft", **tokenizer_module
+        )
+    except RuntimeError as err:
+        if "Cannot find valid samples" in str(err):
+            raise ValueError(_no_response_message(names)) from err
+
+        raise
+
+    for key, value in list(dataset_module.items()):
+        if isinstance(value, dict):
+            splits = value
+        elif value is not None:
+            splits = {key: value}
+        else:
+            continue
+
+        for split, dataset in splits.items():
+            if pairwise:
+                dataset = _select_responses(dataset, finetuning_args.wspo_response)
+
+            if len(dataset) == 0 or not any(any(label != -100 for label in labels) for labels in dataset["labels"]):
+                raise ValueError(_no_response_message(names))
+
+            splits[split] = dataset
+
+        if not isinstance(value, dict):
+            dataset_module[key] = splits[key]
+
+    return dataset_module
+
+
+def _no_response_message(names: str) -> str:
+    return (
+        f"`dataset` {names} has no responses to train on: WSPO needs (prompt, response) examples, e.g. alpaca "
+        "`instruction`/`output` or sharegpt conversations ending with an assistant turn, or a pairwise data set."
+    )

@@ -1,0 +1,67 @@
+"""The loss mathematics, as small pure tensor functions (no model, no trainer).
+
+Notation follows ``ALGORITHMS.md``: ``y_t`` are the response tokens, i.e. the positions whose label
+is not ``IGNORE_INDEX`` after the usual one-token shift. Every per-token tensor here has shape
+``(batch, length - 1)`` and is aligned with ``labels[:, 1:]``.
+"""
+
+import torch
+
+
+IGNORE_INDEX = -100
+
+
+def response_mask(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    r"""``mask[b, t]`` is true where ``labels[b, t + 1]`` is a response token."""
+    return labels[:, 1:] != ignore_index
+
+
+def per_token_logps(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``log p(y_t | x, y_<t)`` in float32 for every response token, and the response mask.
+
+    ``logits`` is ``(batch, length, vocab)`` in any dtype. The float32 log-softmax is taken one
+    sequence at a time, so the only float32 copy alive is ``length x vocab`` for one row; masked
+    positions hold 0.
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match.")
+
+    mask = response_mask(labels, ignore_index)
+    targets = labels[:, 1:].masked_fill(~mask, 0)
+    logps = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    for row in range(logits.size(0)):
+        row_logits = logits[row, :-1].float()
+        picked = row_logits.gather(-1, targets[row].unsqueeze(-1)).squeeze(-1)
+        logps[row] = picked - torch.logsumexp(row_logits, dim=-1)
+
+    return logps.masked_fill(~mask, 0.0), mask
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    r"""Per-example mean of ``values`` over the response tokens (0 for an example without any)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def wspo_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    weak_shift: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    r"""Per-example WSPO loss (Zhu et al., ICLR 2025, arXiv 2410.18640, the token-level objective of Sec. 3).
+
+    ``l(x, y) = (1/T) * sum_t (gamma * s_t - w_t) ** 2`` with the strong shift
+    ``s_t = log pi_theta(y_t) - log pi_ref(y_t)`` and the weak shift
+    ``w_t = log pi_w*(y_t) - log pi_w0(y_t)``. Returns shape ``(batch,)``; the batch loss is its mean.
+    """
+    strong_shift = policy_logps - ref_logps.float()
+    return masked_mean((gamma * strong_shift - weak_shift.float()) ** 2, mask)
+
+
+def sft_loss(policy_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    r"""Per-example SFT regulariser ``-(1/T) * sum_t log pi_theta(y_t)`` (added with weight ``pref_ftx``)."""
+    return -masked_mean(policy_logps, mask)

@@ -1,0 +1,4 @@
+from .workflow import run_wspo
+
+
+__all__ = ["run_wspo"]

@@ -1,0 +1,137 @@
+"""``CustomWSPOTrainer``: LLaMA-Factory's ``CustomTrainer`` with the WSPO loss."""
+
+from collections import defaultdict
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Literal, Optional
+
+import torch
+from llamafactory.train.dpo.trainer import CustomDPOTrainer
+from llamafactory.train.pt.trainer import CustomTrainer
+from trl.models.utils import prepare_deepspeed
+from trl.trainer.utils import disable_dropout_in_model
+from typing_extensions import override
+
+from ...losses import sft_loss, wspo_loss
+from ...precompute import model_token_logps
+
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from ...hparams import WSPOArguments
+
+
+WSPO_COLUMNS = ("ref_logps", "weak_shift")
+
+
+def wspo_targets(logps: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    r"""The constant per-token parts of the WSPO loss, stored in the run's ``dtype``.
+
+    ``weak_shift`` is ``w_t = log pi_w*(y_t) - log pi_w0(y_t)`` (taken in float32, then cast) and
+    ``ref_logps`` is ``log pi_ref(y_t)``.
+    """
+    return {
+        "ref_logps": logps["ref"].to(dtype),
+        "weak_shift": (logps["weak_aligned"] - logps["weak_base"]).to(dtype),
+    }
+
+
+class CustomWSPOTrainer(CustomTrainer):
+    r"""Trains the strong policy to reproduce ``weak_shift / gamma`` as its per-token log-ratio.
+
+    With precomputed columns in the batch, only the policy runs. Otherwise the weak models (and the
+    reference model, or the policy with its adapters disabled) run at every step.
+    """
+
+    def __init__(
+        self,
+        finetuning_args: "WSPOArguments",
+        weak_base_model: Optional["PreTrainedModel"] = None,
+        weak_aligned_model: Optional["PreTrainedModel"] = None,
+        ref_model: Optional["PreTrainedModel"] = None,
+        storage_dtype: torch.dtype = torch.float32,
+        **kwargs,
+    ) -> None:
+        disable_dropout_in_model(kwargs["model"])
+        super().__init__(finetuning_args=finetuning_args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        self.gamma = finetuning_args.pref_beta
+        self.ftx = finetuning_args.pref_ftx
+        self.storage_dtype = storage_dtype
+        self._stored_metrics = defaultdict(lambda: defaultdict(list))
+        self.frozen_models = {
+            name: self._prepare_frozen(model)
+            for name, model in (("weak_base", weak_base_model), ("weak_aligned", weak_aligned_model), ("ref", ref_model))
+            if model is not None
+        }
+
+    def _prepare_frozen(self, model: "PreTrainedModel") -> "torch.nn.Module":
+        disable_dropout_in_model(model)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(model, self.accelerator)
+
+        model = self.accelerator.prepare_model(model, evaluation_mode=True)
+        model.eval()
+        return model
+
+    @torch.no_grad()
+    def compute_targets(self, model: "PreTrainedModel", batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        r"""Per-step mode: the same values that the precompute pass stores."""
+        logps = {}
+        for name in ("weak_base", "weak_aligned"):
+            logps[name], _ = model_token_logps(self.frozen_models[name], batch)
+
+        if "ref" in self.frozen_models:
+            ref_model, ref_context = self.frozen_models["ref"], nullcontext()
+        else:  # LoRA: the reference is the policy with its adapters disabled
+            ref_model, ref_context = model, self.accelerator.unwrap_model(model).disable_adapter()
+
+        with ref_context:
+            logps["ref"], _ = model_token_logps(ref_model, batch)
+
+        return wspo_targets(logps, self.storage_dtype)
+
+    def get_batch_loss_metrics(
+        self, model: "PreTrainedModel", batch: dict[str, torch.Tensor], train_eval: Literal["train", "eval"]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        targets = {name: batch.pop(name) for name in WSPO_COLUMNS if name in batch}
+        if not targets:
+            targets = self.compute_targets(model, batch)
+
+        policy_logps, mask = model_token_logps(model, batch)
+        ref_logps = targets["ref_logps"].float()
+        weak_shift = targets["weak_shift"].float()
+        fit = wspo_loss(policy_logps, ref_logps, weak_shift, mask, self.gamma)
+        losses = fit
+        if self.ftx > 1e-6:
+            losses = losses + self.ftx * sft_loss(policy_logps, mask)
+
+        num_tokens = mask.sum(-1).clamp(min=1)
+        prefix = "eval_" if train_eval == "eval" else ""
+        metrics = {
+            f"{prefix}wspo/fit_mse": fit.mean().item(),
+            f"{prefix}wspo/weak_logratio": ((weak_shift * mask).sum(-1) / num_tokens).mean().item(),
+            f"{prefix}wspo/strong_logratio": (((policy_logps - ref_logps) * mask).sum(-1) / num_tokens).mean().item(),
+            f"{prefix}logps/chosen": policy_logps.sum(-1).mean().item(),
+        }
+        return losses.mean(), metrics
+
+    @override
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        train_eval = "train" if model.training else "eval"
+        loss, metrics = self.get_batch_loss_metrics(model, inputs, train_eval)
+        for key, value in metrics.items():
+            self._stored_metrics[train_eval][key].append(value)
+
+        return (loss, None) if return_outputs else loss
+
+    @override
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+
+        return loss.detach(), None, None
+
+    # Averages the stored metrics across steps and ranks exactly as LLaMA-Factory's DPO stage does.
+    log = CustomDPOTrainer.log

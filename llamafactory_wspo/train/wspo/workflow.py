@@ -1,0 +1,213 @@
+"""``run_wspo``: YAML arguments -> data -> precompute (or its cache) -> trainer -> save, plot."""
+
+import os
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from llamafactory.data import get_template_and_fix_tokenizer
+from llamafactory.extras import logging
+from llamafactory.extras.constants import IGNORE_INDEX
+from llamafactory.extras.misc import calculate_tps
+from llamafactory.extras.ploting import plot_loss
+from llamafactory.hparams import FinetuningArguments, ModelArguments
+from llamafactory.model import load_model, load_tokenizer
+from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
+
+from ...data import WSPODataCollator, check_wspo_data, get_wspo_dataset
+from ...precompute import FrozenModel, precompute_logps, weights_identity
+from .trainer import CustomWSPOTrainer, wspo_targets
+
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import DataArguments
+    from transformers import PreTrainedTokenizer, Seq2SeqTrainingArguments, TrainerCallback
+
+    from ...hparams import WSPOArguments
+
+
+logger = logging.get_logger(__name__)
+
+
+def _looks_like_path(name: str) -> bool:
+    r"""Hub ids are ``name`` or ``org/name``; anything else (absolute, ``./x``, ``~/x``, ``a/b/c``) is a path."""
+    return name.startswith((os.sep, ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def check_model_paths(model_args: "ModelArguments", finetuning_args: "WSPOArguments") -> None:
+    for key, value in (
+        ("model_name_or_path", model_args.model_name_or_path),
+        ("weak_base_model", finetuning_args.weak_base_model),
+        ("weak_aligned_model", finetuning_args.weak_aligned_model),
+        ("ref_model", finetuning_args.ref_model),
+    ):
+        if value and _looks_like_path(value) and not os.path.exists(os.path.expanduser(value)):
+            raise ValueError(f"`{key}` is a path that does not exist: {value}. Point it at a model directory or hub id.")
+
+
+def _frozen_model_args(model_args: "ModelArguments", name_or_path: str, adapters: Optional[str] = None):
+    return ModelArguments.copyfrom(
+        model_args, model_name_or_path=name_or_path, adapter_name_or_path=adapters, quantization_bit=None
+    )
+
+
+def check_vocabularies(
+    tokenizer: "PreTrainedTokenizer", model_args: "ModelArguments", finetuning_args: "WSPOArguments"
+) -> None:
+    r"""The weak (and reference) models score the strong model's token ids, so every tokenizer must agree."""
+    strong_vocab = tokenizer.get_vocab()
+    for key in ("weak_base_model", "weak_aligned_model", "ref_model"):
+        name = getattr(finetuning_args, key)
+        if not name:
+            continue
+
+        try:
+            other = load_tokenizer(_frozen_model_args(model_args, name))["tokenizer"]
+        except Exception as err:
+            raise ValueError(f"`{key}` ({name}) has no tokenizer that can be loaded: {err}") from err
+
+        other_vocab = other.get_vocab()
+        if other_vocab != strong_vocab:
+            differing = sorted(set(strong_vocab.items()) ^ set(other_vocab.items()), key=lambda item: item[1])
+            example = ", ".join(f"{token!r}->{idx}" for token, idx in differing[:3])
+            raise ValueError(
+                f"`{key}` ({name}) and `model_name_or_path` ({model_args.model_name_or_path}) have different "
+                f"vocabularies ({len(other_vocab)} vs {len(strong_vocab)} tokens; differing entries e.g. {example}). "
+                "WSPO scores the same token ids with both models: use a weak model that shares the strong model's "
+                "tokenizer (e.g. Qwen2-1.5B with Qwen2-7B)."
+            )
+
+
+def _reference(model_args: "ModelArguments", finetuning_args: "WSPOArguments") -> tuple[str, Optional[str]]:
+    r"""The strong reference: ``ref_model`` or, by default, the policy's checkpoint without LoRA adapters."""
+    if finetuning_args.ref_model:
+        return finetuning_args.ref_model, finetuning_args.ref_model_adapters
+
+    if finetuning_args.finetuning_type == "lora":
+        return model_args.model_name_or_path, None  # the model with its adapters disabled
+
+    adapters = model_args.adapter_name_or_path
+    return model_args.model_name_or_path, ",".join(adapters) if adapters else None
+
+
+def _loader(tokenizer, model_args: "ModelArguments", name_or_path: str, adapters: Optional[str] = None):
+    def load():
+        return load_model(tokenizer, _frozen_model_args(model_args, name_or_path, adapters), FinetuningArguments())
+
+    return load
+
+
+def run_wspo(
+    model_args: "ModelArguments",
+    data_args: "DataArguments",
+    training_args: "Seq2SeqTrainingArguments",
+    finetuning_args: "WSPOArguments",
+    callbacks: Optional[list["TrainerCallback"]] = None,
+):
+    check_model_paths(model_args, finetuning_args)
+    pairwise = check_wspo_data(data_args, finetuning_args)
+    tokenizer_module = load_tokenizer(model_args)
+    tokenizer = tokenizer_module["tokenizer"]
+    check_vocabularies(tokenizer, model_args, finetuning_args)
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    dataset_module = get_wspo_dataset(
+        template, model_args, data_args, training_args, finetuning_args, pairwise, **tokenizer_module
+    )
+    storage_dtype = model_args.compute_dtype or torch.float32
+
+    def make_collator(model=None, store=None) -> WSPODataCollator:
+        return WSPODataCollator(
+            template=template,
+            model=model,
+            pad_to_multiple_of=8,
+            label_pad_token_id=IGNORE_INDEX,
+            compute_dtype=model_args.compute_dtype,
+            store=store,
+            **tokenizer_module,
+        )
+
+    ref_name, ref_adapters = _reference(model_args, finetuning_args)
+    frozen = [
+        FrozenModel(
+            "ref",
+            _loader(tokenizer, model_args, ref_name, ref_adapters),
+            weights_identity(ref_name, model_args.model_revision, ref_adapters.split(",") if ref_adapters else None),
+        ),
+        FrozenModel(
+            "weak_base",
+            _loader(tokenizer, model_args, finetuning_args.weak_base_model),
+            weights_identity(finetuning_args.weak_base_model),
+        ),
+        FrozenModel(
+            "weak_aligned",
+            _loader(tokenizer, model_args, finetuning_args.weak_aligned_model),
+            weights_identity(finetuning_args.weak_aligned_model),
+        ),
+    ]
+    store = None
+    if finetuning_args.precompute_logps:
+        splits = [dataset_module.get("train_dataset")]
+        eval_dataset = dataset_module.get("eval_dataset")
+        splits += list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
+        store = precompute_logps(
+            datasets=[split for split in splits if split is not None],
+            models=frozen,
+            combine=lambda logps: wspo_targets(logps, storage_dtype),
+            collate=make_collator(),
+            cache_dir=finetuning_args.get_logps_cache_dir(),
+            extra={
+                "stage": "wspo",
+                "template": data_args.template,
+                "cutoff_len": data_args.cutoff_len,
+                "wspo_response": finetuning_args.wspo_response if pairwise else None,
+                "dtype": str(storage_dtype),
+                "tokenizer_size": len(tokenizer),
+            },
+            batch_size=finetuning_args.precompute_batch_size or training_args.per_device_eval_batch_size,
+            show_progress=training_args.should_log,
+        )
+
+    model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
+    frozen_models = {}
+    if not finetuning_args.precompute_logps:
+        frozen_models["weak_base_model"] = frozen[1].load()
+        frozen_models["weak_aligned_model"] = frozen[2].load()
+        frozen_models["ref_model"] = create_ref_model(model_args, finetuning_args)
+
+    trainer = CustomWSPOTrainer(
+        model=model,
+        args=training_args,
+        finetuning_args=finetuning_args,
+        data_collator=make_collator(model, store),
+        callbacks=callbacks,
+        storage_dtype=storage_dtype,
+        **frozen_models,
+        **dataset_module,
+        **tokenizer_module,
+    )
+
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        if finetuning_args.include_effective_tokens_per_second:
+            train_result.metrics["effective_tokens_per_sec"] = calculate_tps(
+                dataset_module["train_dataset"], train_result.metrics, stage="sft"
+            )
+
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+        if trainer.is_world_process_zero() and finetuning_args.plot_loss:
+            keys = ["loss", "wspo/fit_mse"]
+            if isinstance(dataset_module.get("eval_dataset"), dict):
+                keys += [f"eval_{key}_loss" for key in dataset_module["eval_dataset"].keys()]
+            else:
+                keys += ["eval_loss"]
+
+            plot_loss(training_args.output_dir, keys=keys)
+
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+
+    create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)
