@@ -21,7 +21,9 @@ class WSPOArguments:
 
     weak_base_model: str | None = field(
         default=None,
-        metadata={"help": "Path or hub id of the weak model before its alignment (pi_w^0). Required for `stage: wspo`."},
+        metadata={
+            "help": "Path or hub id of the weak model before its alignment (pi_w^0). Required for `stage: wspo`."
+        },
     )
     weak_aligned_model: str | None = field(
         default=None,

@@ -27,7 +27,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .logging import get_logger
 from .losses import IGNORE_INDEX, per_token_logps
+
+
+logger = get_logger(__name__)
 
 
 CACHE_FORMAT = 1
@@ -288,9 +292,6 @@ def precompute_logps(
     show_progress: bool = True,
 ) -> LogpsStore:
     r"""Compute (or reuse) ``combine({model.name: per-token logps})`` for every example of ``datasets``."""
-    from llamafactory.extras import logging
-
-    logger = logging.get_logger(__name__)
     examples = collect_examples(datasets)
     uids = list(examples)
     key = fingerprint(uids, models, extra)

@@ -1,7 +1,7 @@
 """Pads the precomputed per-token columns beside ``input_ids`` and ``labels``."""
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from llamafactory.data import SFTDataCollatorWith4DAttentionMask
@@ -19,7 +19,7 @@ class WSPODataCollator(SFTDataCollatorWith4DAttentionMask):
     out as ``(batch, length - 1)`` tensors aligned with ``labels[:, 1:]``, zero outside responses.
     """
 
-    store: Optional[LogpsStore] = None
+    store: LogpsStore | None = None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         uids = [example_uid(feature["input_ids"], feature["labels"]) for feature in features]

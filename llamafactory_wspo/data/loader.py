@@ -67,9 +67,7 @@ def _select_responses(dataset: "Dataset", choice: str) -> "Dataset":
 
         return out
 
-    return dataset.map(
-        select, batched=True, remove_columns=dataset.column_names, desc=f"Selecting {choice} responses"
-    )
+    return dataset.map(select, batched=True, remove_columns=dataset.column_names, desc=f"Selecting {choice} responses")
 
 
 def get_wspo_dataset(
@@ -82,13 +80,25 @@ def get_wspo_dataset(
     **tokenizer_module,
 ) -> dict[str, Any]:
     r"""Load, template and tokenize through LLaMA-Factory; pairwise sets become (prompt, response) examples."""
-    names = ", ".join((data_args.dataset or []) + (data_args.eval_dataset or []))
+    dataset_names = (data_args.dataset or []) + (data_args.eval_dataset or [])
+    names = ", ".join(dataset_names)
+    response_columns = {
+        column
+        for attr in get_dataset_list(dataset_names, data_args.dataset_dir)
+        for column in (attr.response, attr.messages, attr.chosen, attr.rejected)
+        if column
+    }
     try:
         dataset_module = get_dataset(
             template, model_args, data_args, training_args, stage="rm" if pairwise else "sft", **tokenizer_module
         )
-    except RuntimeError as err:
+    except RuntimeError as err:  # every example was dropped for lack of a response
         if "Cannot find valid samples" in str(err):
+            raise ValueError(_no_response_message(names)) from err
+
+        raise
+    except KeyError as err:  # the response column is missing from the data files
+        if err.args and err.args[0] in response_columns:
             raise ValueError(_no_response_message(names)) from err
 
         raise

@@ -61,7 +61,11 @@ class CustomWSPOTrainer(CustomTrainer):
         self._stored_metrics = defaultdict(lambda: defaultdict(list))
         self.frozen_models = {
             name: self._prepare_frozen(model)
-            for name, model in (("weak_base", weak_base_model), ("weak_aligned", weak_aligned_model), ("ref", ref_model))
+            for name, model in (
+                ("weak_base", weak_base_model),
+                ("weak_aligned", weak_aligned_model),
+                ("ref", ref_model),
+            )
             if model is not None
         }
 

@@ -1,11 +1,10 @@
 """``run_wspo``: YAML arguments -> data -> precompute (or its cache) -> trainer -> save, plot."""
 
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from llamafactory.data import get_template_and_fix_tokenizer
-from llamafactory.extras import logging
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.extras.misc import calculate_tps
 from llamafactory.extras.ploting import plot_loss
@@ -14,6 +13,7 @@ from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
 
 from ...data import WSPODataCollator, check_wspo_data, get_wspo_dataset
+from ...logging import get_logger
 from ...precompute import FrozenModel, precompute_logps, weights_identity
 from .trainer import CustomWSPOTrainer, wspo_targets
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ...hparams import WSPOArguments
 
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -41,10 +41,12 @@ def check_model_paths(model_args: "ModelArguments", finetuning_args: "WSPOArgume
         ("ref_model", finetuning_args.ref_model),
     ):
         if value and _looks_like_path(value) and not os.path.exists(os.path.expanduser(value)):
-            raise ValueError(f"`{key}` is a path that does not exist: {value}. Point it at a model directory or hub id.")
+            raise ValueError(
+                f"`{key}` is a path that does not exist: {value}. Point it at a model directory or hub id."
+            )
 
 
-def _frozen_model_args(model_args: "ModelArguments", name_or_path: str, adapters: Optional[str] = None):
+def _frozen_model_args(model_args: "ModelArguments", name_or_path: str, adapters: str | None = None):
     return ModelArguments.copyfrom(
         model_args, model_name_or_path=name_or_path, adapter_name_or_path=adapters, quantization_bit=None
     )
@@ -77,7 +79,7 @@ def check_vocabularies(
             )
 
 
-def _reference(model_args: "ModelArguments", finetuning_args: "WSPOArguments") -> tuple[str, Optional[str]]:
+def _reference(model_args: "ModelArguments", finetuning_args: "WSPOArguments") -> tuple[str, str | None]:
     r"""The strong reference: ``ref_model`` or, by default, the policy's checkpoint without LoRA adapters."""
     if finetuning_args.ref_model:
         return finetuning_args.ref_model, finetuning_args.ref_model_adapters
@@ -89,7 +91,7 @@ def _reference(model_args: "ModelArguments", finetuning_args: "WSPOArguments") -
     return model_args.model_name_or_path, ",".join(adapters) if adapters else None
 
 
-def _loader(tokenizer, model_args: "ModelArguments", name_or_path: str, adapters: Optional[str] = None):
+def _loader(tokenizer, model_args: "ModelArguments", name_or_path: str, adapters: str | None = None):
     def load():
         return load_model(tokenizer, _frozen_model_args(model_args, name_or_path, adapters), FinetuningArguments())
 
@@ -101,7 +103,7 @@ def run_wspo(
     data_args: "DataArguments",
     training_args: "Seq2SeqTrainingArguments",
     finetuning_args: "WSPOArguments",
-    callbacks: Optional[list["TrainerCallback"]] = None,
+    callbacks: list["TrainerCallback"] | None = None,
 ):
     check_model_paths(model_args, finetuning_args)
     pairwise = check_wspo_data(data_args, finetuning_args)
@@ -113,6 +115,10 @@ def run_wspo(
         template, model_args, data_args, training_args, finetuning_args, pairwise, **tokenizer_module
     )
     storage_dtype = model_args.compute_dtype or torch.float32
+    logger.info_rank0(
+        f"WSPO: gamma (pref_beta) = {finetuning_args.pref_beta}, pref_ftx = {finetuning_args.pref_ftx}, "
+        f"{'precomputed' if finetuning_args.precompute_logps else 'per-step'} weak and reference log-probs."
+    )
 
     def make_collator(model=None, store=None) -> WSPODataCollator:
         return WSPODataCollator(

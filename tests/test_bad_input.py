@@ -1,0 +1,95 @@
+"""Each bad input: one clear error naming the argument and the fix, before any model loads, nothing left behind."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_train, wspo_config
+
+
+pytestmark = pytest.mark.slow
+
+
+def _expect_error(config: dict, workdir: Path, *needles: str, **env: str) -> str:
+    proc = run_train(config, workdir, check=False, **env)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text[-3000:]
+    last_lines = "\n".join(text.strip().splitlines()[-5:])
+    for needle in needles:
+        assert needle in last_lines, last_lines
+    assert "loading weights file" not in text  # no model was loaded
+    assert not Path(config["output_dir"]).exists()
+    assert not Path(config["logps_cache_dir"]).exists()
+    return last_lines
+
+
+@pytest.mark.parametrize("key", ["weak_base_model", "weak_aligned_model"])
+def test_missing_weak_model(assets, tmp_path, key):
+    config = wspo_config(assets, tmp_path)
+    del config[key]
+    _expect_error(config, tmp_path, f"`{key}` is required for `stage: wspo`")
+
+
+@pytest.mark.parametrize("key", ["weak_base_model", "weak_aligned_model", "model_name_or_path", "ref_model"])
+def test_path_that_does_not_exist(assets, tmp_path, key):
+    missing = str(tmp_path / "no" / "such" / "model")
+    config = wspo_config(assets, tmp_path, **{key: missing})
+    _expect_error(config, tmp_path, f"`{key}` is a path that does not exist: {missing}")
+
+
+def test_different_vocabularies(assets, tmp_path):
+    config = wspo_config(assets, tmp_path, weak_base_model=str(assets / "alt_vocab"))
+    _expect_error(
+        config,
+        tmp_path,
+        "different vocabularies",
+        "`weak_base_model`",
+        str(assets / "alt_vocab"),
+        str(assets / "strong"),
+    )
+
+
+@pytest.fixture
+def no_response_data(assets, tmp_path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(assets / "data", data)
+    info = json.loads((data / "dataset_info.json").read_text())
+    (data / "prompts.json").write_text(json.dumps([{"instruction": "list some animals", "input": ""}] * 8))
+    info["prompts_only"] = {"file_name": "prompts.json"}
+    turns = [{"conversations": [{"from": "human", "value": "list some colors"}]}] * 8
+    (data / "open_turns.json").write_text(json.dumps(turns))
+    info["open_turns"] = {"file_name": "open_turns.json", "formatting": "sharegpt"}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    return data
+
+
+@pytest.mark.parametrize("dataset", ["prompts_only", "open_turns"])
+def test_dataset_without_responses(assets, tmp_path, no_response_data, dataset):
+    config = wspo_config(assets, tmp_path, dataset=dataset, dataset_dir=str(no_response_data))
+    _expect_error(config, tmp_path, f"`dataset` {dataset} has no responses")
+
+
+@pytest.mark.parametrize("response", ["rejected", "both"])
+def test_pair_responses_on_data_without_pairs(assets, tmp_path, response):
+    config = wspo_config(assets, tmp_path, wspo_response=response)
+    _expect_error(config, tmp_path, f"`wspo_response: {response}` needs a pairwise (ranking) data set", "tiny_sft")
+
+
+def test_unknown_wspo_response(assets, tmp_path):
+    config = wspo_config(assets, tmp_path, dataset="tiny_pairs", wspo_response="best")
+    _expect_error(config, tmp_path, "`wspo_response` must be one of chosen, rejected, both")
+
+
+def test_unsupported_llamafactory_version(assets, tmp_path):
+    import llamafactory
+
+    site = tmp_path / "site"
+    shutil.copytree(Path(llamafactory.__file__).parent, site / "llamafactory", ignore=shutil.ignore_patterns("*.pyc"))
+    env_py = site / "llamafactory" / "extras" / "env.py"
+    env_py.write_text(env_py.read_text().replace('VERSION = "0.9.5"', 'VERSION = "0.9.9"'))
+    config = wspo_config(assets, tmp_path)
+    last = _expect_error(
+        config, tmp_path, "LLaMA-Factory 0.9.9 is installed", "supports LLaMA-Factory 0.9.5", PYTHONPATH=str(site)
+    )
+    assert "UnsupportedLlamaFactoryError" in last
