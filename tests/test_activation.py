@@ -89,7 +89,13 @@ def test_help_documents_the_plugin_arguments():
         [str(BIN / "llamafactory-cli"), "train", "-h"], env=base_env(), capture_output=True, text=True, timeout=600
     )
     text = " ".join(proc.stdout.split())
-    for key in ("--weak_base_model", "--weak_aligned_model", "--wspo_response", "--precompute_logps", "--logps_cache_dir"):
+    for key in (
+        "--weak_base_model",
+        "--weak_aligned_model",
+        "--wspo_response",
+        "--precompute_logps",
+        "--logps_cache_dir",
+    ):
         assert key in text
     assert "weak model before its alignment" in text
 

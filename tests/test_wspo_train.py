@@ -63,8 +63,10 @@ def test_sft_data_full_tuning_matches_independent_loss(assets, tmp_path):
     assert (tmp_path / "out" / "training_wspo_fit_mse.png").is_file()
 
 
-def test_precompute_and_per_step_give_the_same_losses(assets, tmp_path):
+@pytest.mark.parametrize("finetuning_type", ["full", "freeze"])
+def test_precompute_and_per_step_give_the_same_losses(assets, tmp_path, finetuning_type):
     common = {"pref_ftx": 0.5, "val_size": 0.25, "do_eval": True, "eval_strategy": "steps", "eval_steps": 2}
+    common["finetuning_type"] = finetuning_type
     run_train(wspo_config(assets, tmp_path / "pre", **common), tmp_path / "pre")
     run_train(wspo_config(assets, tmp_path / "step", precompute_logps=False, **common), tmp_path / "step")
     assert not (tmp_path / "step" / "cache").exists()  # nothing precomputed

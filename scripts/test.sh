@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create or update .venv with the development extra, then run the test-suite (CPU, offline).
+#   bash scripts/test.sh                 # everything
+#   bash scripts/test.sh -m "not slow"   # unit tests only; any pytest arguments pass through
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+
+echo "Installing llamafactory-wspo[dev] into .venv ..."
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt -e ".[dev]" \
+  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
+export PATH="$PWD/.venv/bin:$PATH"
+.venv/bin/ruff check llamafactory_wspo tests scripts
+.venv/bin/ruff format --check llamafactory_wspo tests scripts
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
