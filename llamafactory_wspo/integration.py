@@ -77,10 +77,17 @@ def on_import(module) -> None:
 
 
 def _guard_unsupported_parser(parser) -> None:
+    r"""On an untested release, touch nothing but this: refuse a plugin stage with one clear error."""
     original = parser._parse_train_args
+    read_args = getattr(parser, "read_args", lambda args: args)
 
     def _parse_train_args(args=None):
-        if requested_stage(parser.read_args(args)) in PLUGIN_STAGES:
+        try:
+            stage = requested_stage(read_args(args))
+        except Exception:  # the host reports its own argument errors
+            stage = None
+
+        if stage in PLUGIN_STAGES:
             raise UnsupportedLlamaFactoryError(unsupported_message(host_version()))
 
         return original(args)
