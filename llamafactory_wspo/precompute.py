@@ -237,22 +237,37 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def collect_examples(datasets: Iterable[Any]) -> dict[int, dict[str, list[int]]]:
-    r"""The unique examples of all data sets, keyed by uid, in first-seen order."""
-    examples: dict[int, dict[str, list[int]]] = {}
-    for dataset in datasets:
-        for input_ids, labels in zip(dataset["input_ids"], dataset["labels"]):
-            uid = example_uid(input_ids, labels)
-            if uid not in examples:
-                examples[uid] = {"input_ids": input_ids, "labels": labels}
+class ExampleIndex:
+    r"""The unique examples of several data sets, keyed by uid, read in batches and fetched on demand."""
 
-    return examples
+    def __init__(self, datasets: Sequence[Any], read_batch_size: int = 1024) -> None:
+        self.datasets = [dataset.select_columns(["input_ids", "labels"]) for dataset in datasets]
+        self.locations: dict[int, tuple[int, int, int]] = {}  # uid -> (data set, row, length)
+        for which, dataset in enumerate(self.datasets):
+            for start in range(0, len(dataset), read_batch_size):
+                batch = dataset[start : start + read_batch_size]
+                for offset, (input_ids, labels) in enumerate(zip(batch["input_ids"], batch["labels"])):
+                    uid = example_uid(input_ids, labels)
+                    if uid not in self.locations:
+                        self.locations[uid] = (which, start + offset, len(input_ids))
+
+    @property
+    def uids(self) -> list[int]:
+        return list(self.locations)
+
+    def length(self, uid: int) -> int:
+        return self.locations[uid][2]
+
+    def feature(self, uid: int) -> dict[str, list[int]]:
+        which, row, length = self.locations[uid]
+        example = self.datasets[which][row]
+        return {"input_ids": example["input_ids"], "attention_mask": [1] * length, "labels": example["labels"]}
 
 
 @torch.no_grad()
 def _score(
     model: "torch.nn.Module",
-    examples: dict[int, dict[str, list[int]]],
+    examples: ExampleIndex,
     uids: list[int],
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
     batch_size: int,
@@ -260,19 +275,12 @@ def _score(
     show_progress: bool,
 ) -> dict[int, torch.Tensor]:
     device = next(model.parameters()).device
-    order = sorted(uids, key=lambda uid: len(examples[uid]["input_ids"]), reverse=True)  # little padding
+    order = sorted(uids, key=examples.length, reverse=True)  # neighbours of similar length: little padding
     out: dict[int, torch.Tensor] = {}
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress):
         chunk = order[start : start + batch_size]
-        features = [
-            {
-                "input_ids": list(examples[uid]["input_ids"]),
-                "attention_mask": [1] * len(examples[uid]["input_ids"]),
-                "labels": list(examples[uid]["labels"]),
-            }
-            for uid in chunk
-        ]
-        batch = {key: value.to(device) for key, value in collate(features).items() if torch.is_tensor(value)}
+        batch = collate([examples.feature(uid) for uid in chunk])
+        batch = {key: value.to(device) for key, value in batch.items() if torch.is_tensor(value)}
         logps, mask = model_token_logps(model, batch)
         logps, mask = logps.cpu(), mask.cpu()
         for row, uid in enumerate(chunk):
@@ -282,7 +290,7 @@ def _score(
 
 
 def precompute_logps(
-    datasets: Iterable[Any],
+    datasets: Sequence[Any],
     models: Sequence[FrozenModel],
     combine: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
@@ -292,8 +300,8 @@ def precompute_logps(
     show_progress: bool = True,
 ) -> LogpsStore:
     r"""Compute (or reuse) ``combine({model.name: per-token logps})`` for every example of ``datasets``."""
-    examples = collect_examples(datasets)
-    uids = list(examples)
+    examples = ExampleIndex(list(datasets))
+    uids = examples.uids
     key = fingerprint(uids, models, extra)
     target = os.path.join(cache_dir, key)
     manifest_path = os.path.join(target, MANIFEST)
