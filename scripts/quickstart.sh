@@ -5,7 +5,8 @@
 #   3. WSPO of the strong SFT model: it learns the weak model's alignment shift, with no preference pairs;
 #   4. evaluation of the four models: length of sampled answers on held-out prompts (table + bar plot).
 # Usage, from anywhere in a clone: bash scripts/quickstart.sh   (SEED=1 bash scripts/quickstart.sh: other seed)
-# Creates .venv if missing; everything else goes to demo_runs/ (git-ignored). Needs no network after the install.
+# Creates .venv with $PYTHON (default python3, >= 3.11) if missing; everything else goes to demo_runs/ (git-ignored).
+# Needs no network after the install.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -17,8 +18,8 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 if [[ ! -x .venv/bin/llamafactory-cli ]]; then
     echo "[quickstart] creating .venv and installing llamafactory-wspo (a few minutes)"
-    python3 -m venv .venv
-    .venv/bin/pip install --quiet -e . matplotlib
+    "${PYTHON:-python3}" -m venv .venv
+    .venv/bin/python -m pip install --disable-pip-version-check -c scripts/constraints.txt -e .
 fi
 export PATH="$PWD/.venv/bin:$PATH"
 mkdir -p "$WORK/logs"

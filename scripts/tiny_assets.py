@@ -191,21 +191,19 @@ def write_datasets(
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    splits = {
-        "tiny_sft": _sft_rows(rng, num_train, min_len, max_len),
-        "tiny_pairs": _pair_rows(rng, num_train, min_len, max_len, short_max, long_min),
-        "tiny_sft_eval": _sft_rows(rng, num_eval, min_len, max_len),
-        "tiny_pairs_eval": _pair_rows(rng, num_eval, min_len, max_len, short_max, long_min),
-    }
+    pair_lens = (min_len, max_len, short_max, long_min)
     sft_columns = {"prompt": "instruction", "query": "input", "response": "output"}
     pair_columns = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
-    info: dict[str, dict] = {}
-    for name, rows in splits.items():
+    splits = {
+        "tiny_sft": (_sft_rows(rng, num_train, min_len, max_len), {"columns": sft_columns}),
+        "tiny_pairs": (_pair_rows(rng, num_train, *pair_lens), {"ranking": True, "columns": pair_columns}),
+        "tiny_sft_eval": (_sft_rows(rng, num_eval, min_len, max_len), {"columns": sft_columns}),
+        "tiny_pairs_eval": (_pair_rows(rng, num_eval, *pair_lens), {"ranking": True, "columns": pair_columns}),
+    }
+    info = {}
+    for name, (rows, entry) in splits.items():
         (data_dir / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
-        if "pairs" in name:
-            info[name] = {"file_name": f"{name}.json", "ranking": True, "columns": pair_columns}
-        else:
-            info[name] = {"file_name": f"{name}.json", "columns": sft_columns}
+        info[name] = {"file_name": f"{name}.json", **entry}
 
     (data_dir / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info

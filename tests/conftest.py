@@ -41,6 +41,7 @@ def base_env(**extra: str) -> dict[str, str]:
             "DISABLE_VERSION_CHECK": "0",
             "WANDB_DISABLED": "true",
             "PYTHONWARNINGS": "ignore",
+            "OMP_NUM_THREADS": "1",
         }
     )
     env.pop("LLAMAFACTORY_WSPO_DISABLE", None)

@@ -83,15 +83,19 @@ def plot(results: dict[str, dict[str, float]], short_max: int, path: str) -> Non
 
     names = list(results)
     colors = ["#9ecae1" if name.startswith("weak") else "#3182bd" for name in names]
-    panels = [("mean_words", "mean answer length (words)"), ("short_pct", f"answers with <= {short_max} words (%)")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = [
+        ("mean_words", "mean answer length (words)"),
+        ("short_pct", f"answers with <= {short_max} words (%)"),
+        ("on_topic_pct", "on-topic words (%)"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 4.2))
     for ax, (key, title) in zip(axes, panels):
         values = [results[name][key] for name in names]
         bars = ax.bar(names, values, color=colors, edgecolor="black")
         ax.bar_label(bars, fmt="%.1f")
         ax.set_title(title)
         ax.set_ylim(0, max(values) * 1.15)
-        ax.tick_params(axis="x", labelrotation=15)
+        ax.tick_params(axis="x", labelrotation=20)
 
     fig.suptitle("Weak-to-strong preference optimization on a toy task: prefer short answers")
     fig.tight_layout()
