@@ -14,11 +14,12 @@ error naming the supported range.
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .hparams import PLUGIN_STAGES, WSPOArguments
+from .hparams import PLUGIN_STAGES, PluginArguments
 
 
 SUPPORTED_VERSIONS = ("0.9.5",)
 _HOST_STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")
+_HOST_PREF_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo")
 _PATCHED_MARK = "_llamafactory_wspo_patched"
 
 
@@ -99,10 +100,14 @@ def build_finetuning_arguments(base: type) -> type:
     r"""LLaMA-Factory's ``FinetuningArguments`` with the plugin stages and fields added."""
 
     @dataclass
-    class FinetuningArguments(WSPOArguments, base):
+    class FinetuningArguments(PluginArguments, base):
         stage: Literal[_HOST_STAGES + PLUGIN_STAGES] = field(  # type: ignore[valid-type]
             default="sft",
-            metadata={"help": "Which stage will be performed in training (`wspo` comes from llamafactory-wspo)."},
+            metadata={"help": "Which stage will be performed in training (`wspo`, `wpo` from llamafactory-wspo)."},
+        )
+        pref_loss: Literal[_HOST_PREF_LOSSES + ("kto",)] = field(  # type: ignore[valid-type]
+            default="sigmoid",
+            metadata={"help": "The type of DPO loss to use (`kto`: the KTO form of `stage: wpo`)."},
         )
 
         def __post_init__(self):
@@ -162,6 +167,10 @@ def _plugin_training_function(tuner, config: dict[str, Any]) -> None:
         from .train.wspo import run_wspo
 
         run_wspo(model_args, data_args, training_args, finetuning_args, callbacks)
+    elif finetuning_args.stage == "wpo":
+        from .train.wpo import run_wpo
+
+        run_wpo(model_args, data_args, training_args, finetuning_args, callbacks)
     else:  # pragma: no cover - guarded by requested_stage
         raise ValueError(f"Unknown plugin stage: {finetuning_args.stage}.")
 

@@ -95,13 +95,13 @@ def test_collator_attaches_stored_values_by_identity(assets):
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments
 
-    from llamafactory_wspo.data import WSPODataCollator
+    from llamafactory_wspo.data import SFTDataCollatorWithLogps
 
     tokenizer = AutoTokenizer.from_pretrained(assets / "strong")
     template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template="qwen"))
     examples = _examples(6)
     store, rows = _store_for(examples)
-    collator = WSPODataCollator(
+    collator = SFTDataCollatorWithLogps(
         template=template, tokenizer=tokenizer, pad_to_multiple_of=8, label_pad_token_id=IGNORE_INDEX, store=store
     )
     order = [4, 0, 5, 2]

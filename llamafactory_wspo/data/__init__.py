@@ -1,5 +1,11 @@
-from .collator import WSPODataCollator
-from .loader import check_wspo_data, get_wspo_dataset
+from .collator import PairwiseDataCollatorWithLogps, SFTDataCollatorWithLogps
+from .loader import check_wspo_data, get_wspo_dataset, select_responses
 
 
-__all__ = ["WSPODataCollator", "check_wspo_data", "get_wspo_dataset"]
+__all__ = [
+    "PairwiseDataCollatorWithLogps",
+    "SFTDataCollatorWithLogps",
+    "check_wspo_data",
+    "get_wspo_dataset",
+    "select_responses",
+]

@@ -50,7 +50,7 @@ def check_wspo_data(data_args: "DataArguments", finetuning_args: "WSPOArguments"
     return pairwise
 
 
-def _select_responses(dataset: "Dataset", choice: str) -> "Dataset":
+def select_responses(dataset: "Dataset", choice: str) -> "Dataset":
     r"""Turn LLaMA-Factory's pairwise columns into SFT columns holding the chosen, rejected or both responses."""
     sides = ("chosen", "rejected") if choice == "both" else (choice,)
     extra = [name for name in dataset.column_names if not name.startswith(("chosen_", "rejected_"))]
@@ -113,7 +113,7 @@ def get_wspo_dataset(
 
         for split, dataset in splits.items():
             if pairwise:
-                dataset = _select_responses(dataset, finetuning_args.wspo_response)
+                dataset = select_responses(dataset, finetuning_args.wspo_response)
 
             if len(dataset) == 0 or not any(any(label != -100 for label in labels) for labels in dataset["labels"]):
                 raise ValueError(_no_response_message(names))

@@ -1,6 +1,5 @@
 """``run_wspo``: YAML arguments -> data -> precompute (or its cache) -> trainer -> save, plot."""
 
-import os
 from typing import TYPE_CHECKING
 
 import torch
@@ -8,94 +7,25 @@ from llamafactory.data import get_template_and_fix_tokenizer
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.extras.misc import calculate_tps
 from llamafactory.extras.ploting import plot_loss
-from llamafactory.hparams import FinetuningArguments, ModelArguments
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
 
-from ...data import WSPODataCollator, check_wspo_data, get_wspo_dataset
+from ...data import SFTDataCollatorWithLogps, check_wspo_data, get_wspo_dataset
 from ...logging import get_logger
-from ...precompute import FrozenModel, precompute_logps, weights_identity
+from ...precompute import precompute_logps
+from ..trainer_utils import check_model_paths, check_vocabularies, frozen_model, reference_model
 from .trainer import CustomWSPOTrainer, wspo_targets
 
 
 if TYPE_CHECKING:
-    from llamafactory.hparams import DataArguments
-    from transformers import PreTrainedTokenizer, Seq2SeqTrainingArguments, TrainerCallback
+    from llamafactory.hparams import DataArguments, ModelArguments
+    from transformers import Seq2SeqTrainingArguments, TrainerCallback
 
     from ...hparams import WSPOArguments
 
 
 logger = get_logger(__name__)
-
-
-def _looks_like_path(name: str) -> bool:
-    r"""Hub ids are ``name`` or ``org/name``; anything else (absolute, ``./x``, ``~/x``, ``a/b/c``) is a path."""
-    return name.startswith((os.sep, ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-
-
-def check_model_paths(model_args: "ModelArguments", finetuning_args: "WSPOArguments") -> None:
-    for key, value in (
-        ("model_name_or_path", model_args.model_name_or_path),
-        ("weak_base_model", finetuning_args.weak_base_model),
-        ("weak_aligned_model", finetuning_args.weak_aligned_model),
-        ("ref_model", finetuning_args.ref_model),
-    ):
-        if value and _looks_like_path(value) and not os.path.exists(os.path.expanduser(value)):
-            raise ValueError(
-                f"`{key}` is a path that does not exist: {value}. Point it at a model directory or hub id."
-            )
-
-
-def _frozen_model_args(model_args: "ModelArguments", name_or_path: str, adapters: str | None = None):
-    return ModelArguments.copyfrom(
-        model_args, model_name_or_path=name_or_path, adapter_name_or_path=adapters, quantization_bit=None
-    )
-
-
-def check_vocabularies(
-    tokenizer: "PreTrainedTokenizer", model_args: "ModelArguments", finetuning_args: "WSPOArguments"
-) -> None:
-    r"""The weak (and reference) models score the strong model's token ids, so every tokenizer must agree."""
-    strong_vocab = tokenizer.get_vocab()
-    for key in ("weak_base_model", "weak_aligned_model", "ref_model"):
-        name = getattr(finetuning_args, key)
-        if not name:
-            continue
-
-        try:
-            other = load_tokenizer(_frozen_model_args(model_args, name))["tokenizer"]
-        except Exception as err:
-            raise ValueError(f"`{key}` ({name}) has no tokenizer that can be loaded: {err}") from err
-
-        other_vocab = other.get_vocab()
-        if other_vocab != strong_vocab:
-            differing = sorted(set(strong_vocab.items()) ^ set(other_vocab.items()), key=lambda item: item[1])
-            example = ", ".join(f"{token!r}->{idx}" for token, idx in differing[:3])
-            raise ValueError(
-                f"`{key}` ({name}) and `model_name_or_path` ({model_args.model_name_or_path}) have different "
-                f"vocabularies ({len(other_vocab)} vs {len(strong_vocab)} tokens; differing entries e.g. {example}). "
-                "WSPO scores the same token ids with both models: use a weak model that shares the strong model's "
-                "tokenizer (e.g. Qwen2-1.5B with Qwen2-7B)."
-            )
-
-
-def _reference(model_args: "ModelArguments", finetuning_args: "WSPOArguments") -> tuple[str, str | None]:
-    r"""The strong reference: ``ref_model`` or, by default, the policy's checkpoint without LoRA adapters."""
-    if finetuning_args.ref_model:
-        return finetuning_args.ref_model, finetuning_args.ref_model_adapters
-
-    if finetuning_args.finetuning_type == "lora":
-        return model_args.model_name_or_path, None  # the model with its adapters disabled
-
-    adapters = model_args.adapter_name_or_path
-    return model_args.model_name_or_path, ",".join(adapters) if adapters else None
-
-
-def _loader(tokenizer, model_args: "ModelArguments", name_or_path: str, adapters: str | None = None):
-    def load():
-        return load_model(tokenizer, _frozen_model_args(model_args, name_or_path, adapters), FinetuningArguments())
-
-    return load
+WSPO_MODEL_KEYS = ("weak_base_model", "weak_aligned_model", "ref_model")
 
 
 def run_wspo(
@@ -105,11 +35,11 @@ def run_wspo(
     finetuning_args: "WSPOArguments",
     callbacks: list["TrainerCallback"] | None = None,
 ):
-    check_model_paths(model_args, finetuning_args)
+    check_model_paths(model_args, finetuning_args, WSPO_MODEL_KEYS)
     pairwise = check_wspo_data(data_args, finetuning_args)
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
-    check_vocabularies(tokenizer, model_args, finetuning_args)
+    check_vocabularies(tokenizer, model_args, finetuning_args, WSPO_MODEL_KEYS)
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     dataset_module = get_wspo_dataset(
         template, model_args, data_args, training_args, finetuning_args, pairwise, **tokenizer_module
@@ -120,8 +50,8 @@ def run_wspo(
         f"{'precomputed' if finetuning_args.precompute_logps else 'per-step'} weak and reference log-probs."
     )
 
-    def make_collator(model=None, store=None) -> WSPODataCollator:
-        return WSPODataCollator(
+    def make_collator(model=None, store=None) -> SFTDataCollatorWithLogps:
+        return SFTDataCollatorWithLogps(
             template=template,
             model=model,
             pad_to_multiple_of=8,
@@ -131,23 +61,10 @@ def run_wspo(
             **tokenizer_module,
         )
 
-    ref_name, ref_adapters = _reference(model_args, finetuning_args)
     frozen = [
-        FrozenModel(
-            "ref",
-            _loader(tokenizer, model_args, ref_name, ref_adapters),
-            weights_identity(ref_name, model_args.model_revision, ref_adapters.split(",") if ref_adapters else None),
-        ),
-        FrozenModel(
-            "weak_base",
-            _loader(tokenizer, model_args, finetuning_args.weak_base_model),
-            weights_identity(finetuning_args.weak_base_model),
-        ),
-        FrozenModel(
-            "weak_aligned",
-            _loader(tokenizer, model_args, finetuning_args.weak_aligned_model),
-            weights_identity(finetuning_args.weak_aligned_model),
-        ),
+        reference_model(tokenizer, model_args, finetuning_args),
+        frozen_model("weak_base", tokenizer, model_args, finetuning_args.weak_base_model),
+        frozen_model("weak_aligned", tokenizer, model_args, finetuning_args.weak_aligned_model),
     ]
     store = None
     if finetuning_args.precompute_logps:

@@ -1,0 +1,4 @@
+from .workflow import run_wpo
+
+
+__all__ = ["run_wpo"]

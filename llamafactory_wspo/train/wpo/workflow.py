@@ -1,0 +1,139 @@
+"""``run_wpo``: pairwise data -> reference log-probs (precomputed or per step) -> weighted DPO -> save, plot."""
+
+from typing import TYPE_CHECKING
+
+import torch
+from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+from llamafactory.data.parser import get_dataset_list
+from llamafactory.extras.constants import IGNORE_INDEX
+from llamafactory.extras.misc import calculate_tps
+from llamafactory.extras.ploting import plot_loss
+from llamafactory.model import load_model, load_tokenizer
+from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
+
+from ...data import PairwiseDataCollatorWithLogps, SFTDataCollatorWithLogps, select_responses
+from ...logging import get_logger
+from ...precompute import precompute_logps
+from ..trainer_utils import check_model_paths, check_vocabularies, reference_model
+from .trainer import CustomWPOTrainer, plot_weights
+
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import DataArguments, ModelArguments
+    from transformers import Seq2SeqTrainingArguments, TrainerCallback
+
+    from ...hparams import PluginArguments
+
+
+logger = get_logger(__name__)
+
+
+def check_wpo_data(data_args: "DataArguments") -> None:
+    r"""WPO re-weights preference pairs: every data set must be pairwise (``"ranking": true``)."""
+    names = (data_args.dataset or []) + (data_args.eval_dataset or [])
+    unpaired = [name for name, attr in zip(names, get_dataset_list(names, data_args.dataset_dir)) if not attr.ranking]
+    if unpaired:
+        raise ValueError(
+            f'`stage: wpo` needs pairwise data sets (`"ranking": true` in dataset_info.json), but '
+            f"{', '.join(unpaired)} has no pairs: use a preference data set such as ultrafeedback_binarized."
+        )
+
+
+def run_wpo(
+    model_args: "ModelArguments",
+    data_args: "DataArguments",
+    training_args: "Seq2SeqTrainingArguments",
+    finetuning_args: "PluginArguments",
+    callbacks: list["TrainerCallback"] | None = None,
+):
+    check_model_paths(model_args, finetuning_args)
+    check_wpo_data(data_args)
+    tokenizer_module = load_tokenizer(model_args)
+    tokenizer = tokenizer_module["tokenizer"]
+    check_vocabularies(tokenizer, model_args, finetuning_args)
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    dataset_module = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)
+    storage_dtype = model_args.compute_dtype or torch.float32
+    precompute = finetuning_args.precompute_logps and finetuning_args.use_ref_model
+    logger.info_rank0(
+        f"WPO: pref_loss = {finetuning_args.pref_loss}, alignment = {finetuning_args.wpo_alignment}, "
+        f"weighting = {finetuning_args.wpo_weighting}, reference log-probs "
+        f"{'precomputed' if precompute else 'per step' if finetuning_args.use_ref_model else 'not used'}."
+    )
+
+    collator_args = dict(template=template, pad_to_multiple_of=8, label_pad_token_id=IGNORE_INDEX, **tokenizer_module)
+
+    store = None
+    if precompute:
+        splits = [dataset_module.get("train_dataset")]
+        eval_dataset = dataset_module.get("eval_dataset")
+        splits += list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
+        store = precompute_logps(
+            datasets=[select_responses(split, "both") for split in splits if split is not None],
+            models=[reference_model(tokenizer, model_args, finetuning_args)],
+            combine=lambda logps: {"ref_logps": logps["ref"].to(storage_dtype)},
+            collate=SFTDataCollatorWithLogps(**collator_args),  # one row per response
+            cache_dir=finetuning_args.get_logps_cache_dir(),
+            extra={
+                "stage": "wpo",
+                "template": data_args.template,
+                "cutoff_len": data_args.cutoff_len,
+                "dtype": str(storage_dtype),
+                "tokenizer_size": len(tokenizer),
+            },
+            batch_size=finetuning_args.precompute_batch_size or training_args.per_device_eval_batch_size,
+            show_progress=training_args.should_log,
+        )
+
+    model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
+    ref_model = None
+    if finetuning_args.use_ref_model and not precompute:
+        if finetuning_args.ref_model is None and not training_args.do_train:
+            ref_model = model
+        else:
+            ref_model = create_ref_model(model_args, finetuning_args)
+
+    trainer = CustomWPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=training_args,
+        finetuning_args=finetuning_args,
+        data_collator=PairwiseDataCollatorWithLogps(model=model, store=store, **collator_args),
+        callbacks=callbacks,
+        **dataset_module,
+        **tokenizer_module,
+    )
+
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        if finetuning_args.include_effective_tokens_per_second:
+            train_result.metrics["effective_tokens_per_sec"] = calculate_tps(
+                dataset_module["train_dataset"], train_result.metrics, stage="rm"
+            )
+
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+        if trainer.is_world_process_zero() and finetuning_args.plot_loss:
+            keys = ["loss", "rewards/accuracies", "wpo/weight_mean"]
+            if isinstance(dataset_module.get("eval_dataset"), dict):
+                keys += [f"eval_{key}_loss" for key in dataset_module["eval_dataset"].keys()]
+            else:
+                keys += ["eval_loss"]
+
+            plot_loss(training_args.output_dir, keys=keys)
+            figure = plot_weights(training_args.output_dir)
+            if figure:
+                print("Figure saved at:", figure)
+
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        if id(model) == id(ref_model):
+            for key in [key for key in metrics if "rewards" in key]:
+                metrics.pop(key)
+
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+
+    create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)
