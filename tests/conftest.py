@@ -124,3 +124,10 @@ def wspo_config(assets: Path, workdir: Path, **overrides: Any) -> dict[str, Any]
     }
     config.update(overrides)
     return {key: value for key, value in config.items() if value is not None}
+
+
+def wpo_config(assets: Path, workdir: Path, **overrides: Any) -> dict[str, Any]:
+    config = wspo_config(assets, workdir, **{"stage": "wpo", "dataset": "tiny_pairs", "max_samples": 16, **overrides})
+    for key in ("weak_base_model", "weak_aligned_model"):
+        config.pop(key)
+    return config

@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_train, wspo_config
+from conftest import run_train, wpo_config, wspo_config
 
 
 pytestmark = pytest.mark.slow
@@ -95,31 +95,24 @@ def test_unsupported_llamafactory_version(assets, tmp_path):
     assert "UnsupportedLlamaFactoryError" in last
 
 
-def _wpo_config(assets, workdir, **overrides):
-    config = wspo_config(assets, workdir, stage="wpo", dataset="tiny_pairs", **overrides)
-    for key in ("weak_base_model", "weak_aligned_model"):
-        config.pop(key)
-    return config
-
-
 def test_wpo_on_data_without_pairs(assets, tmp_path):
-    config = _wpo_config(assets, tmp_path, dataset="tiny_sft")
+    config = wpo_config(assets, tmp_path, dataset="tiny_sft")
     _expect_error(config, tmp_path, "`stage: wpo` needs pairwise data sets", "tiny_sft has no pairs")
 
 
 @pytest.mark.parametrize("key, value", [("wpo_alignment", "beam"), ("wpo_weighting", "both")])
 def test_unknown_wpo_choice(assets, tmp_path, key, value):
-    _expect_error(_wpo_config(assets, tmp_path, **{key: value}), tmp_path, f"`{key}` must be one of", repr(value))
+    _expect_error(wpo_config(assets, tmp_path, **{key: value}), tmp_path, f"`{key}` must be one of", repr(value))
 
 
 @pytest.mark.parametrize("loss_type", ["aot", "kto_pair"])
 def test_pref_loss_that_cannot_take_a_weight(assets, tmp_path, loss_type):
-    config = _wpo_config(assets, tmp_path, pref_loss=loss_type)
+    config = wpo_config(assets, tmp_path, pref_loss=loss_type)
     _expect_error(config, tmp_path, f"`pref_loss: {loss_type}` cannot take a WPO weight", "sigmoid, hinge, ipo")
 
 
 def test_wpo_reference_path_that_does_not_exist(assets, tmp_path):
     missing = str(tmp_path / "no" / "ref")
     _expect_error(
-        _wpo_config(assets, tmp_path, ref_model=missing), tmp_path, "`ref_model` is a path that does not exist"
+        wpo_config(assets, tmp_path, ref_model=missing), tmp_path, "`ref_model` is a path that does not exist"
     )

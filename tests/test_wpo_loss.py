@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import wspo_config
+from conftest import wpo_config
 
 
 @pytest.fixture(scope="module")
@@ -12,9 +12,7 @@ def setup(assets, tmp_path_factory):
     from llamafactory.model import load_model, load_tokenizer
 
     workdir = tmp_path_factory.mktemp("wpo_loss")
-    config = wspo_config(assets, workdir, stage="wpo", dataset="tiny_pairs", max_samples=4)
-    for key in ("weak_base_model", "weak_aligned_model"):
-        config.pop(key)
+    config = wpo_config(assets, workdir, max_samples=4)
 
     model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
     tokenizer_module = load_tokenizer(model_args)

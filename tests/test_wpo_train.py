@@ -4,17 +4,10 @@ import json
 import math
 
 import pytest
-from conftest import DS_Z3_CONFIG, log_history, run_train, train_logs, wspo_config
+from conftest import DS_Z3_CONFIG, log_history, run_train, train_logs, wpo_config
 
 
 pytestmark = pytest.mark.slow
-
-
-def wpo_config(assets, workdir, **overrides):
-    config = wspo_config(assets, workdir, stage="wpo", dataset="tiny_pairs", max_samples=16, **overrides)
-    for key in ("weak_base_model", "weak_aligned_model"):
-        config.pop(key)
-    return config
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "simpo"])
