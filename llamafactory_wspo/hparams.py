@@ -87,10 +87,10 @@ class WPOArguments:
             if getattr(self, key) not in choices:
                 raise ValueError(f"`{key}` must be one of {', '.join(choices)}, got {getattr(self, key)!r}.")
 
-        if self.pref_loss not in WPO_PREF_LOSSES:
+        if self.pref_loss not in WPO_PREF_LOSSES + ("kto",):
             raise ValueError(
                 f"`pref_loss: {self.pref_loss}` cannot take a WPO weight: it is not a sum of per-pair terms. Use one "
-                f"of {', '.join(WPO_PREF_LOSSES)}."
+                f"of {', '.join(WPO_PREF_LOSSES)}, or `kto` for unpaired (KTO-format) data."
             )
 
         if self.ld_alpha is not None:
@@ -143,6 +143,8 @@ class PluginArguments(WSPOArguments, WPOArguments, PrecomputeArguments):
         elif self.stage == "wpo":
             self.check_wpo_args()
             self.use_ref_model = self.pref_loss not in ("orpo", "simpo")  # as in the DPO stage
+        elif self.pref_loss == "kto":
+            raise ValueError("`pref_loss: kto` is the KTO form of `stage: wpo`; plain KTO is `stage: kto`.")
 
         if self.precompute_batch_size is not None and self.precompute_batch_size < 1:
             raise ValueError("`precompute_batch_size` must be a positive integer.")

@@ -19,6 +19,7 @@ from .hparams import PLUGIN_STAGES, PluginArguments
 
 SUPPORTED_VERSIONS = ("0.9.5",)
 _HOST_STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")
+_HOST_PREF_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo")
 _PATCHED_MARK = "_llamafactory_wspo_patched"
 
 
@@ -103,6 +104,10 @@ def build_finetuning_arguments(base: type) -> type:
         stage: Literal[_HOST_STAGES + PLUGIN_STAGES] = field(  # type: ignore[valid-type]
             default="sft",
             metadata={"help": "Which stage will be performed in training (`wspo`, `wpo` from llamafactory-wspo)."},
+        )
+        pref_loss: Literal[_HOST_PREF_LOSSES + ("kto",)] = field(  # type: ignore[valid-type]
+            default="sigmoid",
+            metadata={"help": "The type of DPO loss to use (`kto`: the KTO form of `stage: wpo`)."},
         )
 
         def __post_init__(self):

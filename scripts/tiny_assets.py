@@ -200,6 +200,13 @@ def write_datasets(
         "tiny_sft_eval": (_sft_rows(rng, num_eval, min_len, max_len), {"columns": sft_columns}),
         "tiny_pairs_eval": (_pair_rows(rng, num_eval, *pair_lens), {"ranking": True, "columns": pair_columns}),
     }
+    # KTO format: the pairs' responses as unpaired outputs, desirable (chosen) or undesirable (rejected).
+    kto_rows = [
+        {"instruction": row["instruction"], "input": row["input"], "output": row[side], "label": side == "chosen"}
+        for row in splits["tiny_pairs"][0]
+        for side in ("chosen", "rejected")
+    ]
+    splits["tiny_kto"] = (kto_rows, {"columns": {**sft_columns, "kto_tag": "label"}})
     info = {}
     for name, (rows, entry) in splits.items():
         (data_dir / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")

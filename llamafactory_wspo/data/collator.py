@@ -10,15 +10,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from llamafactory.data import PairwiseDataCollatorWithPadding, SFTDataCollatorWith4DAttentionMask
+from llamafactory.data import (
+    KTODataCollatorWithPadding,
+    PairwiseDataCollatorWithPadding,
+    SFTDataCollatorWith4DAttentionMask,
+)
 
 from ..losses import response_mask
 from ..precompute import LogpsStore, example_uid
 
 
-def attach_logps(batch: dict[str, torch.Tensor], store: LogpsStore | None, uids: Sequence[int]) -> None:
+def attach_logps(
+    batch: dict[str, torch.Tensor], store: LogpsStore | None, uids: Sequence[int], prefix: str = ""
+) -> None:
+    r"""Add the stored columns of ``uids`` to ``batch``, aligned with ``batch[prefix + "labels"]``."""
     if store is not None:
-        batch.update(store.gather(uids, response_mask(batch["labels"])))
+        values = store.gather(uids, response_mask(batch[f"{prefix}labels"]))
+        batch.update({f"{prefix}{name}": value for name, value in values.items()})
 
 
 @dataclass
@@ -48,4 +56,22 @@ class PairwiseDataCollatorWithLogps(PairwiseDataCollatorWithPadding):
         ]
         batch = super().__call__(features)
         attach_logps(batch, self.store, uids)
+        return batch
+
+
+@dataclass
+class KTODataCollatorWithLogps(KTODataCollatorWithPadding):
+    r"""LLaMA-Factory's KTO collator, plus the stored values of each target and each KL row (``kl_`` prefix)."""
+
+    store: LogpsStore | None = None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        uids = {
+            prefix: [example_uid(feature[f"{prefix}input_ids"], feature[f"{prefix}labels"]) for feature in features]
+            for prefix in ("", "kl_")
+        }
+        batch = super().__call__(features)
+        for prefix, prefix_uids in uids.items():
+            attach_logps(batch, self.store, prefix_uids, prefix)
+
         return batch

@@ -70,6 +70,20 @@ def select_responses(dataset: "Dataset", choice: str) -> "Dataset":
     return dataset.map(select, batched=True, remove_columns=dataset.column_names, desc=f"Selecting {choice} responses")
 
 
+def kto_rows(dataset: "Dataset") -> "Dataset":
+    r"""Every sequence that a KTO batch scores, target and KL alike, as (prompt, response) rows."""
+
+    def split(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {name: [] for name in _PAIR_COLUMNS}
+        for prefix in ("", "kl_"):
+            for name in _PAIR_COLUMNS:
+                out[name].extend(batch[f"{prefix}{name}"])
+
+        return out
+
+    return dataset.map(split, batched=True, remove_columns=dataset.column_names, desc="Collecting KTO rows")
+
+
 def get_wspo_dataset(
     template: "Template",
     model_args: "ModelArguments",

@@ -2,14 +2,22 @@
 
 import json
 import os
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from llamafactory.train.dpo.trainer import CustomDPOTrainer
+from llamafactory.train.kto.trainer import CustomKTOTrainer
 from llamafactory.train.trainer_utils import nested_detach
 from typing_extensions import override
 
-from ...losses import policy_logps_and_alignment, wpo_pair_weight, wpo_sequence_weight
+from ...losses import (
+    policy_logps_and_alignment,
+    response_mask,
+    wpo_pair_weight,
+    wpo_sequence_weight,
+    wpo_unpaired_weights,
+)
 
 
 if TYPE_CHECKING:
@@ -125,19 +133,124 @@ class CustomWPOTrainer(CustomDPOTrainer):
             f"{prefix}wpo/weight_max": weights.max().item(),
         }
         if train_eval == "train":
-            self._record_weights(output["chosen_weights"], output["rejected_weights"])
+            record_weights(self, output["chosen_weights"], output["rejected_weights"])
 
         return losses.mean(), metrics
 
-    def _record_weights(self, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
-        r"""Append every sequence weight of the step (all ranks) to ``output_dir/wpo_weights.jsonl``."""
-        chosen = self.accelerator.gather_for_metrics(chosen.detach().float())
-        rejected = self.accelerator.gather_for_metrics(rejected.detach().float())
-        if self.is_world_process_zero() and self.finetuning_args.plot_loss:
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            record = {"step": self.state.global_step, "chosen": chosen.tolist(), "rejected": rejected.tolist()}
-            with open(os.path.join(self.args.output_dir, WEIGHTS_LOG), "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+
+def record_weights(trainer, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+    r"""With ``plot_loss``, append the step's sequence weights (all ranks) to ``output_dir/wpo_weights.jsonl``."""
+    if not trainer.finetuning_args.plot_loss:
+        return
+
+    chosen = trainer.accelerator.gather_for_metrics(chosen.detach().float())
+    rejected = trainer.accelerator.gather_for_metrics(rejected.detach().float())
+    if trainer.is_world_process_zero():
+        os.makedirs(trainer.args.output_dir, exist_ok=True)
+        record = {"step": trainer.state.global_step, "chosen": chosen.tolist(), "rejected": rejected.tolist()}
+        with open(os.path.join(trainer.args.output_dir, WEIGHTS_LOG), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class CustomWPOKTOTrainer(CustomKTOTrainer):
+    r"""The KTO form of WPO (``pref_loss: kto``): each output's KTO term is weighted by its own ``w(x, y)``.
+
+    Within a batch the weights of the desirable outputs are normalised to sum to 1, and so are those of the
+    undesirable outputs; each group keeps the share of the loss it has in stock KTO, so uniform weights give
+    exactly the stock KTO loss.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.alignment = self.finetuning_args.wpo_alignment
+        self._weights: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
+
+    def _sequence_logps(
+        self, model: "PreTrainedModel", batch: dict[str, torch.Tensor], prefix: str, alignment: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        inputs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"]}
+        logits = model(**inputs, return_dict=True, use_cache=False).logits
+        token_logps, aligned, mask = policy_logps_and_alignment(logits, batch[f"{prefix}labels"], alignment)
+        logps = token_logps.sum(-1)
+        mean_logits = logits.detach().mean(dim=(1, 2)).float()
+        return logps, logps / mask.sum(-1).clamp(min=1), mean_logits, wpo_sequence_weight(aligned, mask)
+
+    @override
+    def concatenated_forward(self, model: "PreTrainedModel", batch: dict[str, torch.Tensor]):
+        logps, logps_avg, logits, weights = self._sequence_logps(model, batch, "", self.alignment)
+        with torch.no_grad():
+            kl_logps, _, _, _ = self._sequence_logps(model, batch, "kl_", "none")
+
+        tags = batch["kto_tags"]
+        return logps[tags], logps[~tags], logits[tags], logits[~tags], kl_logps, logps_avg[tags], weights
+
+    @override
+    def compute_reference_log_probs(self, model: "PreTrainedModel", batch: dict[str, torch.Tensor]):
+        tags = batch["kto_tags"]
+        if "ref_logps" in batch:  # precomputed
+            target = (batch["ref_logps"].float() * response_mask(batch["labels"])).sum(-1)
+            kl = (batch["kl_ref_logps"].float() * response_mask(batch["kl_labels"])).sum(-1)
+            return target[tags], target[~tags], kl
+
+        if self.ref_model is None:
+            ref_model, ref_context = model, self.accelerator.unwrap_model(model).disable_adapter()
+        else:
+            ref_model, ref_context = self.ref_model, nullcontext()
+
+        with torch.no_grad(), ref_context:
+            target, _, _, _ = self._sequence_logps(ref_model, batch, "", "none")
+            kl, _, _, _ = self._sequence_logps(ref_model, batch, "kl_", "none")
+
+        return target[tags], target[~tags], kl
+
+    @override
+    def get_batch_loss_metrics(self, model: "PreTrainedModel", batch: dict[str, torch.Tensor]):
+        train_eval = "train" if model.training else "eval"
+        reference = self.compute_reference_log_probs(model, batch)
+        for key in ("ref_logps", "kl_ref_logps"):
+            batch.pop(key, None)
+
+        chosen, rejected, chosen_logits, rejected_logits, kl_logps, chosen_avg, weights = self.concatenated_forward(
+            model, batch
+        )
+        losses, chosen_rewards, rejected_rewards, kl = self.kto_loss(chosen, rejected, kl_logps, *reference)
+        tags = batch["kto_tags"]
+        normalised = wpo_unpaired_weights(weights, tags)
+        # TRL orders the losses desirable first; each group keeps its stock share n_group / n of the loss.
+        scale = torch.cat([normalised[tags] * tags.sum(), normalised[~tags] * (~tags).sum()]) / len(tags)
+        loss = (scale.to(losses.device) * losses).nansum()
+        if self.ftx_gamma > 1e-6 and len(chosen) > 0:
+            loss = loss + self.ftx_gamma * (-chosen_avg).nanmean() / len(chosen) * len(tags)
+
+        metrics = {"kl": kl.item()}
+        for side, rewards, logps, logits in (
+            ("chosen", chosen_rewards, chosen, chosen_logits),
+            ("rejected", rejected_rewards, rejected, rejected_logits),
+        ):
+            if len(rewards) > 0:
+                metrics[f"rewards/{side}_sum"] = rewards.nansum().item()
+                metrics[f"logps/{side}_sum"] = logps.nansum().item()
+                metrics[f"logits/{side}_sum"] = logits.nansum().item()
+                metrics[f"count/{side}"] = float(len(rewards))
+
+        self._weights[train_eval].append(self.accelerator.gather_for_metrics(weights.detach().float()))
+        if train_eval == "train":
+            record_weights(self, weights[tags], weights[~tags])
+
+        return loss, metrics
+
+    @override
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        train_eval = "train" if "loss" in logs else "eval"
+        prefix = "eval_" if train_eval == "eval" else ""
+        if self._weights[train_eval]:
+            weights = torch.cat(self._weights[train_eval])
+            logs[f"{prefix}wpo/weight_mean"] = weights.mean().item()
+            logs[f"{prefix}wpo/weight_min"] = weights.min().item()
+            logs[f"{prefix}wpo/weight_max"] = weights.max().item()
+            self._weights[train_eval] = []
+
+        return super().log(logs, *args, **kwargs)
 
 
 def plot_weights(output_dir: str) -> str | None:

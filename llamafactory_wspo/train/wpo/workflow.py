@@ -11,11 +11,17 @@ from llamafactory.extras.ploting import plot_loss
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
 
-from ...data import PairwiseDataCollatorWithLogps, SFTDataCollatorWithLogps, select_responses
+from ...data import (
+    KTODataCollatorWithLogps,
+    PairwiseDataCollatorWithLogps,
+    SFTDataCollatorWithLogps,
+    kto_rows,
+    select_responses,
+)
 from ...logging import get_logger
 from ...precompute import precompute_logps
 from ..trainer_utils import check_model_paths, check_vocabularies, reference_model
-from .trainer import CustomWPOTrainer, plot_weights
+from .trainer import CustomWPOKTOTrainer, CustomWPOTrainer, plot_weights
 
 
 if TYPE_CHECKING:
@@ -28,14 +34,26 @@ if TYPE_CHECKING:
 logger = get_logger(__name__)
 
 
-def check_wpo_data(data_args: "DataArguments") -> None:
-    r"""WPO re-weights preference pairs: every data set must be pairwise (``"ranking": true``)."""
+def check_wpo_data(data_args: "DataArguments", kto: bool) -> None:
+    r"""WPO re-weights preference pairs (``"ranking": true``); its KTO form takes KTO data (a ``kto_tag`` column)."""
     names = (data_args.dataset or []) + (data_args.eval_dataset or [])
-    unpaired = [name for name, attr in zip(names, get_dataset_list(names, data_args.dataset_dir)) if not attr.ranking]
+    attrs = get_dataset_list(names, data_args.dataset_dir)
+    if kto:
+        untagged = [name for name, attr in zip(names, attrs) if attr.ranking or not attr.kto_tag]
+        if untagged:
+            raise ValueError(
+                "`pref_loss: kto` needs KTO-format data sets (a `kto_tag` column in dataset_info.json), but "
+                f"{', '.join(untagged)} has none: use LLaMA-Factory's KTO format, or a per-pair `pref_loss`."
+            )
+
+        return
+
+    unpaired = [name for name, attr in zip(names, attrs) if not attr.ranking]
     if unpaired:
         raise ValueError(
-            f'`stage: wpo` needs pairwise data sets (`"ranking": true` in dataset_info.json), but '
-            f"{', '.join(unpaired)} has no pairs: use a preference data set such as ultrafeedback_binarized."
+            '`stage: wpo` needs pairwise data sets (`"ranking": true` in dataset_info.json), but '
+            f"{', '.join(unpaired)} has no pairs: use a preference data set such as ultrafeedback_binarized, "
+            "or `pref_loss: kto` with KTO-format data."
         )
 
 
@@ -47,12 +65,15 @@ def run_wpo(
     callbacks: list["TrainerCallback"] | None = None,
 ):
     check_model_paths(model_args, finetuning_args)
-    check_wpo_data(data_args)
+    kto = finetuning_args.pref_loss == "kto"
+    check_wpo_data(data_args, kto)
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
     check_vocabularies(tokenizer, model_args, finetuning_args)
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    dataset_module = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)
+    dataset_module = get_dataset(
+        template, model_args, data_args, training_args, stage="kto" if kto else "rm", **tokenizer_module
+    )
     storage_dtype = model_args.compute_dtype or torch.float32
     precompute = finetuning_args.precompute_logps and finetuning_args.use_ref_model
     logger.info_rank0(
@@ -69,13 +90,13 @@ def run_wpo(
         eval_dataset = dataset_module.get("eval_dataset")
         splits += list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
         store = precompute_logps(
-            datasets=[select_responses(split, "both") for split in splits if split is not None],
+            datasets=[kto_rows(split) if kto else select_responses(split, "both") for split in splits if split],
             models=[reference_model(tokenizer, model_args, finetuning_args)],
             combine=lambda logps: {"ref_logps": logps["ref"].to(storage_dtype)},
             collate=SFTDataCollatorWithLogps(**collator_args),  # one row per response
             cache_dir=finetuning_args.get_logps_cache_dir(),
             extra={
-                "stage": "wpo",
+                "stage": "wpo-kto" if kto else "wpo",
                 "template": data_args.template,
                 "cutoff_len": data_args.cutoff_len,
                 "dtype": str(storage_dtype),
@@ -93,12 +114,13 @@ def run_wpo(
         else:
             ref_model = create_ref_model(model_args, finetuning_args)
 
-    trainer = CustomWPOTrainer(
+    collator_class = KTODataCollatorWithLogps if kto else PairwiseDataCollatorWithLogps
+    trainer = (CustomWPOKTOTrainer if kto else CustomWPOTrainer)(
         model=model,
         ref_model=ref_model,
         args=training_args,
         finetuning_args=finetuning_args,
-        data_collator=PairwiseDataCollatorWithLogps(model=model, store=store, **collator_args),
+        data_collator=collator_class(model=model, store=store, **collator_args),
         callbacks=callbacks,
         **dataset_module,
         **tokenizer_module,
@@ -116,7 +138,7 @@ def run_wpo(
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
         if trainer.is_world_process_zero() and finetuning_args.plot_loss:
-            keys = ["loss", "rewards/accuracies", "wpo/weight_mean"]
+            keys = ["loss", "rewards/chosen" if kto else "rewards/accuracies", "wpo/weight_mean"]
             if isinstance(dataset_module.get("eval_dataset"), dict):
                 keys += [f"eval_{key}_loss" for key in dataset_module["eval_dataset"].keys()]
             else:
