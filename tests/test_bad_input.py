@@ -116,3 +116,13 @@ def test_wpo_reference_path_that_does_not_exist(assets, tmp_path):
     _expect_error(
         wpo_config(assets, tmp_path, ref_model=missing), tmp_path, "`ref_model` is a path that does not exist"
     )
+
+
+def test_kto_form_needs_kto_data(assets, tmp_path):
+    config = wpo_config(assets, tmp_path, pref_loss="kto")
+    _expect_error(config, tmp_path, "`pref_loss: kto` needs KTO-format data sets", "tiny_pairs")
+
+
+def test_kto_loss_outside_wpo(assets, tmp_path):
+    config = wpo_config(assets, tmp_path, pref_loss="kto", stage="dpo")
+    _expect_error(config, tmp_path, "`pref_loss: kto` is the KTO form of `stage: wpo`")

@@ -32,6 +32,8 @@ def setup(assets, tmp_path_factory):
     batch = collator([dataset["train_dataset"][i] for i in range(4)])
     return {
         "args": (training_args, finetuning_args),
+        "model_args": model_args,
+        "data_args": data_args,
         "tokenizer_module": tokenizer_module,
         "policy": policy.eval(),
         "ref": ref.eval(),
@@ -109,3 +111,44 @@ def test_loss_is_stock_per_pair_loss_times_weights(setup, loss_type, alignment, 
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
     assert metrics["wpo/weight_mean"] == pytest.approx(pair_w.mean().item(), rel=1e-4)
     assert metrics["wpo/weight_min"] == pytest.approx(pair_w.min().item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("alignment", ["sampled", "none"])
+def test_kto_form_is_stock_kto_terms_times_normalised_weights(setup, assets, alignment):
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+
+    from llamafactory_wspo.data import KTODataCollatorWithLogps
+    from llamafactory_wspo.losses import wpo_unpaired_weights
+    from llamafactory_wspo.train.wpo.trainer import CustomWPOKTOTrainer
+
+    training_args, finetuning_args = setup["args"]
+    finetuning_args.pref_loss, finetuning_args.wpo_alignment, finetuning_args.use_ref_model = "kto", alignment, True
+    tokenizer_module = setup["tokenizer_module"]
+    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], setup["data_args"])
+    setup["data_args"].dataset = ["tiny_kto"]
+    dataset = get_dataset(template, setup["model_args"], setup["data_args"], training_args, "kto", **tokenizer_module)
+    rows = [dataset["train_dataset"][i] for i in (0, 1, 2)]  # desirable, undesirable, desirable
+    batch = KTODataCollatorWithLogps(template=template, pad_to_multiple_of=8, **tokenizer_module)(rows)
+    policy, ref = setup["policy"], setup["ref"]
+    trainer = CustomWPOKTOTrainer(
+        model=policy, ref_model=ref, args=training_args, finetuning_args=finetuning_args, **tokenizer_module
+    )
+    with torch.no_grad():
+        loss, _ = trainer.get_batch_loss_metrics(policy, {k: v.clone() for k, v in batch.items()})
+
+    kl_batch = {key: batch[f"kl_{key}"] for key in ("input_ids", "attention_mask", "labels")}
+    policy_sum, _, weights = _sequence_logps(policy, batch)
+    ref_sum, _, _ = _sequence_logps(ref, batch)
+    policy_kl, _, _ = _sequence_logps(policy, kl_batch)
+    ref_kl, _, _ = _sequence_logps(ref, kl_batch)
+    tags = batch["kto_tags"]
+    terms, _, _, _ = trainer.kto_loss(
+        *(x.float() for x in (policy_sum[tags], policy_sum[~tags], policy_kl, ref_sum[tags], ref_sum[~tags], ref_kl))
+    )
+    w = wpo_unpaired_weights(weights[alignment], tags)
+    n, n_desirable = len(tags), int(tags.sum())
+    assert 0 < n_desirable < n
+    desirable = (w[tags] * terms[:n_desirable]).sum() * n_desirable / n
+    undesirable = (w[~tags] * terms[n_desirable:]).sum() * (n - n_desirable) / n
+    expected = desirable + undesirable
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)

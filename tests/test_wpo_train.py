@@ -59,3 +59,18 @@ def test_deepspeed_zero3_two_processes(assets, tmp_path):
     assert len(logs) == 2 and logs[0]["loss"] == pytest.approx(math.log(2) * logs[0]["wpo/weight_mean"], rel=1e-4)
     assert len(list((tmp_path / "cache").glob("*/shard-*"))) == 2
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_kto_form(assets, tmp_path):
+    common = {"dataset": "tiny_kto", "pref_loss": "kto", "plot_loss": True}
+    run_train(wpo_config(assets, tmp_path / "pre", **common), tmp_path / "pre")
+    run_train(wpo_config(assets, tmp_path / "step", precompute_logps=False, **common), tmp_path / "step")
+    pre, step = train_logs(tmp_path / "pre" / "out"), train_logs(tmp_path / "step" / "out")
+    # At step 1 the policy is the reference: every KTO term is 1 - sigmoid(0) = 0.5, and the weights of each group
+    # sum to 1 while the group keeps its share of the loss, so the weighted loss is 0.5 too.
+    assert pre[0]["loss"] == pytest.approx(0.5, abs=1e-6)
+    assert [e["loss"] for e in pre] == pytest.approx([e["loss"] for e in step], rel=1e-4)
+    assert all(e["wpo/weight_min"] <= e["wpo/weight_mean"] <= e["wpo/weight_max"] for e in pre)
+    assert (tmp_path / "pre" / "out" / "training_wpo_weights.png").is_file()
+    (manifest,) = list((tmp_path / "pre" / "cache").glob("*/manifest.json"))
+    assert json.loads(manifest.read_text())["examples"] > 16  # target rows and KL rows
