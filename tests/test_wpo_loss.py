@@ -77,12 +77,17 @@ def _per_pair_loss(trainer, loss_type, policy, ref, avg_policy):
     return losses
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo", "orpo", "simpo", "robust", "nca_pair"])
+@pytest.mark.parametrize(
+    "loss_type, smoothing",
+    [("sigmoid", 0.0), ("sigmoid", 0.2), ("hinge", 0.0), ("ipo", 0.0), ("orpo", 0.0), ("simpo", 0.0)]
+    + [("robust", 0.1), ("nca_pair", 0.0)],
+)
 @pytest.mark.parametrize("alignment, weighting", [("sampled", "pair"), ("greedy", "chosen"), ("none", "rejected")])
-def test_loss_is_stock_per_pair_loss_times_weights(setup, loss_type, alignment, weighting):
+def test_loss_is_stock_per_pair_loss_times_weights(setup, loss_type, smoothing, alignment, weighting):
     from llamafactory_wspo.train.wpo.trainer import CustomWPOTrainer
 
     training_args, finetuning_args = setup["args"]
+    finetuning_args.dpo_label_smoothing = smoothing
     finetuning_args.pref_loss, finetuning_args.wpo_alignment, finetuning_args.wpo_weighting = (
         loss_type,
         alignment,
