@@ -1,11 +1,14 @@
-"""Helpers shared by the plugin stages' workflows: argument checks and the frozen models."""
+"""Helpers shared by the plugin stages' workflows: argument checks, the frozen models, the training loop."""
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from llamafactory.extras.misc import calculate_tps
+from llamafactory.extras.ploting import plot_loss
 from llamafactory.hparams import FinetuningArguments, ModelArguments
 from llamafactory.model import load_model, load_tokenizer
+from llamafactory.train.trainer_utils import create_modelcard_and_push
 
 from ..precompute import FrozenModel, weights_identity
 
@@ -98,3 +101,51 @@ def reference_model(
         adapters = ",".join(adapters)
 
     return frozen_model("ref", tokenizer, model_args, model_args.model_name_or_path, adapters)
+
+
+def train_and_evaluate(
+    trainer,
+    dataset_module: dict,
+    model_args: "ModelArguments",
+    data_args,
+    training_args,
+    finetuning_args: "PluginArguments",
+    plot_keys: Sequence[str],
+    tps_stage: str,
+    plot_extra: Callable[[str], str | None] | None = None,
+    drop_eval_rewards: bool = False,
+) -> None:
+    r"""Train, save, plot and evaluate as LLaMA-Factory's own workflows do."""
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        if finetuning_args.include_effective_tokens_per_second:
+            train_result.metrics["effective_tokens_per_sec"] = calculate_tps(
+                dataset_module["train_dataset"], train_result.metrics, stage=tps_stage
+            )
+
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+        if trainer.is_world_process_zero() and finetuning_args.plot_loss:
+            keys = list(plot_keys)
+            if isinstance(dataset_module.get("eval_dataset"), dict):
+                keys += [f"eval_{key}_loss" for key in dataset_module["eval_dataset"].keys()]
+            else:
+                keys += ["eval_loss"]
+
+            plot_loss(training_args.output_dir, keys=keys)
+            figure = plot_extra(training_args.output_dir) if plot_extra else None
+            if figure:
+                print("Figure saved at:", figure)
+
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        if drop_eval_rewards:  # unable to compute rewards if the reference model is the model itself
+            for key in [key for key in metrics if "rewards" in key]:
+                metrics.pop(key)
+
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+
+    create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)

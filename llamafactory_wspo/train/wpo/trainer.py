@@ -91,7 +91,7 @@ class CustomWPOTrainer(CustomDPOTrainer):
         )
 
     def _precomputed_reference(self, ref_logps: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        mask = labels[:, 1:] != -100
+        mask = response_mask(labels)
         output = self._sequence_outputs(ref_logps.float() * mask, mask)
         return output["chosen_logps"], output["rejected_logps"]
 

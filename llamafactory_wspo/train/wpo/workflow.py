@@ -6,10 +6,8 @@ import torch
 from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
 from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras.constants import IGNORE_INDEX
-from llamafactory.extras.misc import calculate_tps
-from llamafactory.extras.ploting import plot_loss
 from llamafactory.model import load_model, load_tokenizer
-from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
+from llamafactory.train.trainer_utils import create_ref_model
 
 from ...data import (
     KTODataCollatorWithLogps,
@@ -20,7 +18,7 @@ from ...data import (
 )
 from ...logging import get_logger
 from ...precompute import precompute_logps
-from ..trainer_utils import check_model_paths, check_vocabularies, reference_model
+from ..trainer_utils import check_model_paths, check_vocabularies, reference_model, train_and_evaluate
 from .trainer import CustomWPOKTOTrainer, CustomWPOTrainer, plot_weights
 
 
@@ -126,36 +124,15 @@ def run_wpo(
         **tokenizer_module,
     )
 
-    if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
-        if finetuning_args.include_effective_tokens_per_second:
-            train_result.metrics["effective_tokens_per_sec"] = calculate_tps(
-                dataset_module["train_dataset"], train_result.metrics, stage="rm"
-            )
-
-        trainer.log_metrics("train", train_result.metrics)
-        trainer.save_metrics("train", train_result.metrics)
-        trainer.save_state()
-        if trainer.is_world_process_zero() and finetuning_args.plot_loss:
-            keys = ["loss", "rewards/chosen" if kto else "rewards/accuracies", "wpo/weight_mean"]
-            if isinstance(dataset_module.get("eval_dataset"), dict):
-                keys += [f"eval_{key}_loss" for key in dataset_module["eval_dataset"].keys()]
-            else:
-                keys += ["eval_loss"]
-
-            plot_loss(training_args.output_dir, keys=keys)
-            figure = plot_weights(training_args.output_dir)
-            if figure:
-                print("Figure saved at:", figure)
-
-    if training_args.do_eval:
-        metrics = trainer.evaluate(metric_key_prefix="eval")
-        if id(model) == id(ref_model):
-            for key in [key for key in metrics if "rewards" in key]:
-                metrics.pop(key)
-
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-
-    create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)
+    train_and_evaluate(
+        trainer,
+        dataset_module,
+        model_args,
+        data_args,
+        training_args,
+        finetuning_args,
+        plot_keys=["loss", "rewards/chosen" if kto else "rewards/accuracies", "wpo/weight_mean"],
+        tps_stage="sft" if kto else "rm",  # a KTO row holds one sequence in `input_ids`
+        plot_extra=plot_weights,
+        drop_eval_rewards=id(model) == id(ref_model),
+    )
