@@ -17,10 +17,11 @@ WSPO_RESPONSES = ("chosen", "rejected", "both")
 WPO_ALIGNMENTS = ("sampled", "greedy", "none")
 WPO_WEIGHTINGS = ("pair", "chosen", "rejected")
 # Preference losses whose value is a sum of per-pair terms, so that each pair can carry its own weight.
-# (TRL's `aot`/`aot_pair` sort log-ratios across the batch and `kto_pair` no longer exists in TRL.)
+# (TRL's `aot`/`aot_pair` sort log-ratios across the batch, `kto_pair` no longer exists in TRL, and `discopop`
+# needs a TRL-only `discopop_tau` argument.)
 WPO_PREF_LOSSES = (
     "sigmoid", "hinge", "ipo", "orpo", "simpo", "robust", "exo_pair", "nca_pair", "sppo_hard", "bco_pair",
-    "apo_zero", "apo_down", "discopop",
+    "apo_zero", "apo_down",
 )  # fmt: skip
 
 

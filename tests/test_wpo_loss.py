@@ -80,7 +80,8 @@ def _per_pair_loss(trainer, loss_type, policy, ref, avg_policy):
 @pytest.mark.parametrize(
     "loss_type, smoothing",
     [("sigmoid", 0.0), ("sigmoid", 0.2), ("hinge", 0.0), ("ipo", 0.0), ("orpo", 0.0), ("simpo", 0.0)]
-    + [("robust", 0.1), ("nca_pair", 0.0)],
+    + [("robust", 0.1), ("exo_pair", 0.1), ("nca_pair", 0.0), ("sppo_hard", 0.0), ("apo_zero", 0.0)]
+    + [("apo_down", 0.0), ("bco_pair", 0.0)],
 )
 @pytest.mark.parametrize("alignment, weighting", [("sampled", "pair"), ("greedy", "chosen"), ("none", "rejected")])
 def test_loss_is_stock_per_pair_loss_times_weights(setup, loss_type, smoothing, alignment, weighting):

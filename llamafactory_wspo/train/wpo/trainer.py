@@ -39,6 +39,10 @@ class CustomWPOTrainer(CustomDPOTrainer):
         super().__init__(*args, **kwargs)
         self.alignment = self.finetuning_args.wpo_alignment
         self.weighting = self.finetuning_args.wpo_weighting
+        if self.loss_type == "bco_pair" and not hasattr(self, "running"):  # TRL's reward baseline for bco_pair
+            from trl.trainer import RunningMoments
+
+            self.running = RunningMoments(self.accelerator)
 
     @override
     def concatenated_forward(
