@@ -118,3 +118,33 @@ def test_stock_stages_unchanged(assets, tmp_path, stage):
         losses[label] = [entry["loss"] for entry in log_history(tmp_path / label / "out") if "loss" in entry]
 
     assert len(losses["on"]) == 3 and losses["on"] == losses["off"]
+
+
+@pytest.mark.slow
+def test_wheel_installs_the_startup_hook(tmp_path):
+    r"""A normal (non-editable) install puts the `.pth` hook at the root of site-packages, beside the package."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("llamafactory_wspo-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        assert archive.read("llamafactory_wspo.pth").decode().strip() == "import llamafactory_wspo._autoload"
+
+    assert {"llamafactory_wspo/_autoload.py", "llamafactory_wspo/integration.py"} <= names
+
+    # Installed into a fresh site directory, the hook runs when Python processes that directory.
+    target = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(target)
+    code = f"import site, sys; site.addsitedir({str(target)!r}); print([type(f).__name__ for f in sys.meta_path])"
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    assert "_PostImportFinder" in out.stdout, out.stderr
