@@ -4,7 +4,9 @@
 LLaMA-Factory's ``FinetuningArguments`` so that YAML keys and ``--key value`` flags both work.
 The WSPO hyper-parameter γ is LLaMA-Factory's ``pref_beta`` and the optional SFT term is
 ``pref_ftx``, so the authors' recipes run unchanged; WPO reuses the DPO stage's arguments
-(``pref_loss``, ``pref_beta``, ``pref_ftx``, ``dpo_label_smoothing``, ``ref_model``).
+(``pref_loss``, ``pref_beta``, ``pref_ftx``, ``dpo_label_smoothing``, ``ref_model``). The ``grpo``
+stage (online RL with rule-based rewards, for the weak model's length alignment of the XSUM
+experiment) has its own ``grpo_*`` and ``length_reward_*`` fields.
 """
 
 import os
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 
-PLUGIN_STAGES = ("wspo", "wpo")
+PLUGIN_STAGES = ("wspo", "wpo", "grpo")
 WSPO_RESPONSES = ("chosen", "rejected", "both")
 WPO_ALIGNMENTS = ("sampled", "greedy", "none")
 WPO_WEIGHTINGS = ("pair", "chosen", "rejected")
@@ -102,6 +104,80 @@ class WPOArguments:
 
 
 @dataclass
+class GRPOArguments:
+    r"""Arguments of the ``grpo`` stage: online RL with TRL's ``GRPOTrainer`` and rewards named in YAML."""
+
+    grpo_reward_funcs: str = field(
+        default="length",
+        metadata={
+            "help": "Comma-separated reward functions: `length` (the summary-length reward, see "
+            "`length_reward_min`/`length_reward_max`), an importable `module:function` (or `module.function`) "
+            "following TRL's reward-function signature `f(prompts, completions, **kwargs) -> list[float]`, or the "
+            "path of a local sequence-classification reward model."
+        },
+    )
+    length_reward_min: int = field(
+        default=20,
+        metadata={"help": "L_min of the length reward: the shortest in-range output, in words."},
+    )
+    length_reward_max: int = field(
+        default=30,
+        metadata={"help": "L_max of the length reward: the longest in-range output, in words."},
+    )
+    grpo_num_generations: int = field(
+        default=8,
+        metadata={
+            "help": "Outputs sampled per prompt (the group of GRPO). Must divide per_device_train_batch_size x "
+            "number of processes x gradient_accumulation_steps."
+        },
+    )
+    grpo_max_completion_length: int = field(
+        default=64,
+        metadata={"help": "Maximum number of new tokens of a sampled output."},
+    )
+    grpo_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature of the outputs."},
+    )
+    grpo_top_p: float = field(
+        default=1.0,
+        metadata={"help": "Top-p of the sampling of the outputs."},
+    )
+    grpo_beta: float = field(
+        default=0.04,
+        metadata={
+            "help": "Coefficient of the KL penalty towards the initial (reference) model; 0 loads no reference model."
+        },
+    )
+
+    def check_grpo_args(self) -> None:
+        from .rewards import check_length_range
+
+        if not self.grpo_reward_funcs or not self.grpo_reward_funcs.strip(" ,"):
+            raise ValueError("`grpo_reward_funcs` is empty: name at least one reward function, e.g. `length`.")
+
+        try:
+            check_length_range(self.length_reward_min, self.length_reward_max)
+        except ValueError as exc:
+            raise ValueError(f"`length_reward_min`/`length_reward_max`: {exc}") from None
+
+        if self.grpo_num_generations < 2:
+            raise ValueError("`grpo_num_generations` must be at least 2: GRPO compares the outputs of one prompt.")
+
+        if self.grpo_max_completion_length < 1:
+            raise ValueError("`grpo_max_completion_length` must be a positive integer.")
+
+        if self.grpo_temperature <= 0 or not 0 < self.grpo_top_p <= 1:
+            raise ValueError("`grpo_temperature` must be > 0 and `grpo_top_p` in (0, 1]: GRPO samples its outputs.")
+
+        if self.grpo_beta < 0:
+            raise ValueError("`grpo_beta` must be >= 0.")
+
+        if self.include_effective_tokens_per_second:
+            raise ValueError("`include_effective_tokens_per_second` is not available for `stage: grpo`; remove it.")
+
+
+@dataclass
 class PrecomputeArguments:
     r"""Where and how the frozen models' per-token log-probs are computed."""
 
@@ -134,7 +210,7 @@ class PrecomputeArguments:
 
 
 @dataclass
-class PluginArguments(WSPOArguments, WPOArguments, PrecomputeArguments):
+class PluginArguments(WSPOArguments, WPOArguments, GRPOArguments, PrecomputeArguments):
     r"""Every argument of the plugin stages."""
 
     def check_plugin_args(self) -> None:
@@ -144,6 +220,8 @@ class PluginArguments(WSPOArguments, WPOArguments, PrecomputeArguments):
         elif self.stage == "wpo":
             self.check_wpo_args()
             self.use_ref_model = self.pref_loss not in ("orpo", "simpo")  # as in the DPO stage
+        elif self.stage == "grpo":
+            self.check_grpo_args()
         elif self.pref_loss == "kto":
             raise ValueError("`pref_loss: kto` is the KTO form of `stage: wpo`; plain KTO is `stage: kto`.")
 

@@ -73,6 +73,10 @@ def on_import(module) -> None:
         _patch_parser(module)
     elif name == "llamafactory.train.tuner":
         _patch_tuner(module)
+    elif name.startswith("llamafactory.webui."):  # LLaMA-Board: see webui.py
+        from . import webui
+
+        webui.patch(module)
 
     setattr(module, _PATCHED_MARK, True)
 
@@ -103,7 +107,9 @@ def build_finetuning_arguments(base: type) -> type:
     class FinetuningArguments(PluginArguments, base):
         stage: Literal[_HOST_STAGES + PLUGIN_STAGES] = field(  # type: ignore[valid-type]
             default="sft",
-            metadata={"help": "Which stage will be performed in training (`wspo`, `wpo` from llamafactory-wspo)."},
+            metadata={
+                "help": "Which stage will be performed in training (`wspo`, `wpo`, `grpo` from llamafactory-wspo)."
+            },
         )
         pref_loss: Literal[_HOST_PREF_LOSSES + ("kto",)] = field(  # type: ignore[valid-type]
             default="sigmoid",
@@ -171,6 +177,10 @@ def _plugin_training_function(tuner, config: dict[str, Any]) -> None:
         from .train.wpo import run_wpo
 
         run_wpo(model_args, data_args, training_args, finetuning_args, callbacks)
+    elif finetuning_args.stage == "grpo":
+        from .train.grpo import run_grpo
+
+        run_grpo(model_args, data_args, training_args, finetuning_args, callbacks)
     else:  # pragma: no cover - guarded by requested_stage
         raise ValueError(f"Unknown plugin stage: {finetuning_args.stage}.")
 
@@ -182,3 +192,23 @@ def _plugin_training_function(tuner, config: dict[str, Any]) -> None:
             tuner.dist.destroy_process_group()
     except Exception as e:
         tuner.logger.warning(f"Failed to destroy process group: {e}.")
+
+
+def fix_trl_availability_flags() -> None:
+    r"""Make TRL's optional-dependency flags booleans again before a TRL trainer module is imported.
+
+    TRL 0.24 (the newest release LLaMA-Factory 0.9.5 allows) computes ``_mergekit_available`` and its
+    siblings with ``transformers.utils.import_utils._is_package_available``, which since transformers 5
+    returns a ``(available, version)`` tuple: always truthy, so importing ``trl.GRPOTrainer`` tries to
+    import mergekit, vLLM, ... and fails. Only those tuple-valued flags are replaced by their first item;
+    nothing is changed on other TRL releases.
+    """
+    import trl
+    import trl.import_utils as import_utils
+
+    if not trl.__version__.startswith("0.24."):
+        return
+
+    for name, value in list(vars(import_utils).items()):
+        if name.startswith("_") and name.endswith("_available") and isinstance(value, tuple) and len(value) == 2:
+            setattr(import_utils, name, bool(value[0]))

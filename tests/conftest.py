@@ -131,3 +131,24 @@ def wpo_config(assets: Path, workdir: Path, **overrides: Any) -> dict[str, Any]:
     for key in ("weak_base_model", "weak_aligned_model"):
         config.pop(key)
     return config
+
+
+def grpo_config(assets: Path, workdir: Path, **overrides: Any) -> dict[str, Any]:
+    config = wspo_config(
+        assets,
+        workdir,
+        **{
+            "stage": "grpo",
+            "model_name_or_path": str(assets / "weak"),
+            "grpo_reward_funcs": "length",
+            "length_reward_min": 3,
+            "length_reward_max": 5,
+            "grpo_num_generations": 4,
+            "grpo_max_completion_length": 16,
+            "grpo_beta": 0.0,
+            **overrides,
+        },
+    )
+    for key in ("weak_base_model", "weak_aligned_model", "pref_beta", "pref_loss", "disable_shuffling"):
+        config.pop(key, None)
+    return config

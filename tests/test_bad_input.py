@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_train, wpo_config, wspo_config
+from conftest import grpo_config, run_train, wpo_config, wspo_config
 
 
 pytestmark = pytest.mark.slow
@@ -126,3 +126,17 @@ def test_kto_form_needs_kto_data(assets, tmp_path):
 def test_kto_loss_outside_wpo(assets, tmp_path):
     config = wpo_config(assets, tmp_path, pref_loss="kto", stage="dpo")
     _expect_error(config, tmp_path, "`pref_loss: kto` is the KTO form of `stage: wpo`")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"grpo_reward_funcs": "no_such_module:reward"}, "`grpo_reward_funcs`: cannot import 'no_such_module:reward'"),
+        ({"grpo_reward_funcs": "shortness"}, "`grpo_reward_funcs`: 'shortness' is not a reward function"),
+        ({"length_reward_min": 30, "length_reward_max": 20}, "`length_reward_min`/`length_reward_max`"),
+        ({"grpo_num_generations": 1}, "`grpo_num_generations` must be at least 2"),
+        ({"grpo_num_generations": 3}, "Adjust `grpo_num_generations`"),
+    ],
+)
+def test_grpo_bad_arguments(assets, tmp_path, overrides, needle):
+    _expect_error(grpo_config(assets, tmp_path, **overrides), tmp_path, needle)

@@ -1,0 +1,4 @@
+from .workflow import run_grpo
+
+
+__all__ = ["run_grpo"]
