@@ -22,7 +22,7 @@ def _id(recipe: Path) -> str:
 
 
 def test_recipes_exist():
-    assert len(RECIPES) >= 14
+    assert len(RECIPES) >= 18
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=_id)
@@ -35,7 +35,7 @@ def test_recipe_parses(recipe):
     assert training_args.deepspeed == "yaml_recipes/deepspeed/ds_z3_config.json"
     assert (ROOT / training_args.deepspeed).is_file()
     assert set(data_args.dataset) <= set(DATASET_INFO), data_args.dataset
-    assert finetuning_args.stage in ("sft", "dpo", "wspo", "wpo")
+    assert finetuning_args.stage in ("sft", "dpo", "wspo", "wpo", "grpo")
 
     with pytest.raises(ValueError, match="learnig_rate"):  # a misspelt key fails
         _parse_train_args({**config, "learnig_rate": 1e-5})
