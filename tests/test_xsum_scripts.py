@@ -1,0 +1,261 @@
+"""``scripts/prepare_xsum.py`` and ``scripts/evaluate_xsum.py`` on tiny local XSUM-like files, run as commands."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ROOT, base_env, run_train
+
+
+PREPARE = ROOT / "scripts" / "prepare_xsum.py"
+EVALUATE = ROOT / "scripts" / "evaluate_xsum.py"
+INSTRUCTION = "Summarize the following news article in one sentence."  # as stated in the README
+COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
+
+# Documents and summaries in the tiny tokenizer's words, with newlines between "sentences".
+RAW = {
+    "train": [
+        {"id": "101", "document": "the cat with the dog\nstory of a fox for the game", "summary": "cat dog fox"},
+        {"id": "102", "document": "  red blue\n\ngreen yellow  ", "summary": " colors of a song "},
+        {"id": "103", "document": "", "summary": "empty document"},
+        {"id": "104", "document": "one two three four five six seven eight", "summary": "numbers"},
+        {"id": "105", "document": "apple pear plum", "summary": ""},
+        {"id": "106", "document": "hammer saw drill wrench", "summary": "tools for a class"},
+    ],
+    "validation": [{"id": "201", "document": "france spain italy", "summary": "countries of a trip"}],
+    "test": [
+        {"id": "301", "document": "owl eagle frog snake", "summary": "animals"},
+        {"id": "302", "document": "lemon lime mango", "summary": "fruits"},
+    ],
+}
+
+
+def run_script(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=cwd,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture()
+def raw_dir(tmp_path) -> Path:
+    r"""XSUM-like parquet files named after their splits."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split, rows in RAW.items():
+        pd.DataFrame(rows).to_parquet(raw / f"{split}.parquet")
+    return raw
+
+
+def read_rows(path: Path) -> list[dict]:
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(rows, list)
+    return rows
+
+
+def test_prepare_writes_alpaca_files_and_merges_dataset_info(raw_dir, tmp_path):
+    out = tmp_path / "xsum"
+    out.mkdir()
+    stale = {"file_name": "old.json"}
+    unrelated = {"file_name": "../other.json", "ranking": True}
+    (out / "dataset_info.json").write_text(json.dumps({"other": unrelated, "xsum_train": stale}), encoding="utf-8")
+
+    proc = run_script(
+        PREPARE,
+        "--dataset",
+        str(raw_dir),
+        "--output_dir",
+        str(out),
+        "--max_samples",
+        "3",
+        "--max_document_words",
+        "6",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # The rows with an empty document (103) or summary (105) are dropped and do not count towards max_samples.
+    # Truncation keeps the first 6 words and the document's own line breaks; surrounding whitespace is stripped.
+    expected_train = [
+        ("101", "the cat with the dog\nstory", "cat dog fox"),
+        ("102", "red blue\n\ngreen yellow", "colors of a song"),
+        ("104", "one two three four five six", "numbers"),
+    ]
+    expected = {
+        "train": expected_train,
+        "validation": [("201", "france spain italy", "countries of a trip")],
+        "test": [("301", "owl eagle frog snake", "animals"), ("302", "lemon lime mango", "fruits")],
+    }
+    for split, triples in expected.items():
+        rows = read_rows(out / f"{split}.json")
+        assert [tuple(row) for row in rows] == [("instruction", "input", "output", "id")] * len(triples)
+        assert {row["instruction"] for row in rows} == {INSTRUCTION}
+        assert [(row["id"], row["input"], row["output"]) for row in rows] == triples
+    assert "train: 3 rows" in proc.stdout and "1 with an empty document or summary dropped" in proc.stdout
+
+    info = json.loads((out / "dataset_info.json").read_text(encoding="utf-8"))
+    assert info["other"] == unrelated  # untouched
+    assert set(info) == {"other", "xsum_train", "xsum_validation", "xsum_test"}
+    for split in ("train", "validation", "test"):
+        assert info[f"xsum_{split}"] == {"file_name": f"{split}.json", "columns": COLUMNS}
+    assert sorted(p.name for p in out.iterdir()) == ["dataset_info.json", "test.json", "train.json", "validation.json"]
+
+    import prepare_xsum  # scripts/ is on sys.path (conftest)
+
+    assert prepare_xsum.INSTRUCTION == INSTRUCTION
+
+
+def test_prepare_into_a_shared_dataset_info(raw_dir, tmp_path):
+    r"""``--dataset_info`` elsewhere: file names relative to it, as in ``yaml_recipes/data``."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "dataset_info.json").write_text(json.dumps({"tiny": {"file_name": "tiny.json"}}), encoding="utf-8")
+    proc = run_script(
+        PREPARE,
+        "--dataset",
+        str(raw_dir),
+        "--output_dir",
+        "data/xsum",
+        "--dataset_info",
+        "data/dataset_info.json",
+        "--splits",
+        "validation,test",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((data_dir / "dataset_info.json").read_text(encoding="utf-8"))
+    assert info == {
+        "tiny": {"file_name": "tiny.json"},
+        "xsum_validation": {"file_name": "xsum/validation.json", "columns": COLUMNS},
+        "xsum_test": {"file_name": "xsum/test.json", "columns": COLUMNS},
+    }
+    assert not (data_dir / "xsum" / "train.json").exists()
+    assert len(read_rows(data_dir / "xsum" / "test.json")) == 2
+
+
+def test_prepare_from_one_json_file_and_its_errors(tmp_path):
+    jsonl = tmp_path / "xsum_test.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in RAW["test"]), encoding="utf-8")
+    out = tmp_path / "out"
+
+    proc = run_script(PREPARE, "--dataset", str(jsonl), "--output_dir", str(out), cwd=tmp_path)
+    assert proc.returncode != 0 and "--splits" in proc.stderr  # one file, three splits asked for
+
+    proc = run_script(PREPARE, "--dataset", str(jsonl), "--splits", "test", "--output_dir", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [row["output"] for row in read_rows(out / "test.json")] == ["animals", "fruits"]
+    assert set(json.loads((out / "dataset_info.json").read_text())) == {"xsum_test"}
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"article": "a", "highlights": "b"}]), encoding="utf-8")
+    proc = run_script(PREPARE, "--dataset", str(bad), "--splits", "test", "--output_dir", str(out), cwd=tmp_path)
+    assert proc.returncode != 0 and "`document` and `summary`" in proc.stderr
+
+    proc = run_script(PREPARE, "--dataset", str(tmp_path / "missing.parquet"), cwd=tmp_path)
+    assert proc.returncode != 0 and "no such file" in proc.stderr
+
+    proc = run_script(PREPARE, "--dataset", str(jsonl), "--splits", "test", "--max_document_words", "0", cwd=tmp_path)
+    assert proc.returncode != 0 and "--max_document_words" in proc.stderr
+
+
+@pytest.mark.slow
+def test_prepared_data_trains_through_llamafactory(raw_dir, assets, tmp_path):
+    r"""The written files and entries load through LLaMA-Factory: one SFT step on xsum_train, xsum_validation as eval."""
+    out = tmp_path / "xsum"
+    proc = run_script(PREPARE, "--dataset", str(raw_dir), "--output_dir", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = {
+        "model_name_or_path": str(assets / "weak"),
+        "stage": "sft",
+        "do_train": True,
+        "do_eval": True,
+        "finetuning_type": "full",
+        "dataset": "xsum_train",
+        "eval_dataset": "xsum_validation",
+        "dataset_dir": str(out),
+        "template": "qwen",
+        "cutoff_len": 128,
+        "output_dir": str(tmp_path / "run" / "out"),
+        "per_device_train_batch_size": 2,
+        "per_device_eval_batch_size": 2,
+        "max_steps": 1,
+        "eval_strategy": "steps",
+        "eval_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_shuffling": True,
+    }
+    proc = run_train(config, tmp_path / "run")
+    log = proc.stdout + proc.stderr
+    # LLaMA-Factory prints the first tokenised example: the document in the prompt, the summary as the labels.
+    prompt_end = "<|im_end|> <|im_start|> assistant"
+    assert f". the cat with the dog story of a fox for the game {prompt_end} cat dog fox <|im_end|>" in log
+    assert "labels:\ncat dog fox <|im_end|>" in log
+    assert f". france spain italy {prompt_end} countries of a trip <|im_end|>" in log  # the eval example
+    state = json.loads((tmp_path / "run" / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 1 and any("eval_loss" in entry for entry in state["log_history"])
+
+
+def test_evaluate_against_hand_computation(tmp_path):
+    w25 = " ".join(f"w{i}" for i in range(25))
+    lines = [
+        {"prompt": "p1", "predict": "the cat sat", "label": "the cat lay on the mat"},
+        {"prompt": "p2", "predict": "dogs are running in the park", "label": "dogs are running in the park"},
+        {"prompt": "p3", "predict": "red blue green", "label": "one two three four"},
+        {"prompt": "p4", "predict": [w25, ""], "label": w25},  # two samples, both scored against the label
+    ]
+    predictions = tmp_path / "generated_predictions.jsonl"
+    predictions.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n", encoding="utf-8")
+
+    proc = run_script(EVALUATE, str(predictions), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(proc.stdout)
+    assert metrics == json.loads((tmp_path / "generated_predictions.metrics.json").read_text())
+
+    # Word counts 3, 6, 3, 25, 0; reward for [20, 30]: 1 - 17/10, 1 - 14/10, 1 - 17/10, 1, 1 - 20/10.
+    assert (metrics["num_prompts"], metrics["num_summaries"]) == (4, 5)
+    assert (metrics["length_min"], metrics["length_max"]) == (20, 30)
+    assert metrics["words_mean"] == pytest.approx(37 / 5)
+    assert metrics["words_median"] == 3
+    assert metrics["words_std"] == pytest.approx(math.sqrt((4.4**2 + 1.4**2 + 4.4**2 + 17.6**2 + 7.4**2) / 5))
+    assert metrics["length_reward_mean"] == pytest.approx((-0.7 - 0.4 - 0.7 + 1.0 - 1.0) / 5)
+    assert metrics["in_range_share"] == pytest.approx(1 / 5)
+    # ROUGE F1: identical = 1, disjoint or empty = 0; "the cat sat" vs "the cat lay on the mat":
+    # ROUGE-1 overlap {the, cat} -> P 2/3, R 2/6, F 4/9; ROUGE-2 overlap {the cat} -> P 1/2, R 1/5, F 2/7;
+    # ROUGE-L LCS "the cat" -> F 4/9.
+    assert metrics["rouge1"] == pytest.approx((4 / 9 + 1 + 0 + 1 + 0) / 5)
+    assert metrics["rouge2"] == pytest.approx((2 / 7 + 1 + 0 + 1 + 0) / 5)
+    assert metrics["rougeL"] == pytest.approx((4 / 9 + 1 + 0 + 1 + 0) / 5)
+
+    # Another range, another output file: [2, 4] -> rewards 1, 1 - 2/2, 1, 1 - 21/2, 1 - 2/2.
+    output = tmp_path / "m" / "range.json"
+    proc = run_script(
+        EVALUATE, str(predictions), "--length_min", "2", "--length_max", "4", "--output", str(output), cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(output.read_text())
+    assert metrics["length_reward_mean"] == pytest.approx((1 + 0 + 1 - 9.5 + 0) / 5)
+    assert metrics["in_range_share"] == pytest.approx(2 / 5)
+
+
+def test_evaluate_errors(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"predict": "a b", "label": "a b"}) + "\n", encoding="utf-8")
+    proc = run_script(EVALUATE, str(good), "--length_min", "5", "--length_max", "5", cwd=tmp_path)
+    assert proc.returncode != 0 and "--length_min" in proc.stderr
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"predict": "a b", "label": "a b"}) + "\n" + json.dumps({"text": "x"}) + "\n")
+    proc = run_script(EVALUATE, str(bad), cwd=tmp_path)
+    assert proc.returncode != 0 and "line 2" in proc.stderr and "`predict` and `label`" in proc.stderr
+
+    proc = run_script(EVALUATE, str(tmp_path / "none.jsonl"), cwd=tmp_path)
+    assert proc.returncode != 0 and "does not exist" in proc.stderr
