@@ -15,6 +15,10 @@ _TARGETS = frozenset(
     {
         "llamafactory.hparams.parser",
         "llamafactory.train.tuner",
+        # LLaMA-Board (llamafactory_wspo/webui.py)
+        "llamafactory.webui.control",
+        "llamafactory.webui.components.train",
+        "llamafactory.webui.runner",
     }
 )
 

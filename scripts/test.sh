@@ -14,6 +14,15 @@ echo "Installing llamafactory-wspo[dev] into .venv ..."
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt -e ".[dev]" \
   2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
+# tests/test_webui.py drives LLaMA-Board in Debian's Chromium; it skips only where Chromium cannot be installed.
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
+  echo "Installing Chromium for the LLaMA-Board browser test ..."
+  { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+    || echo "Chromium could not be installed: the browser tests of tests/test_webui.py will be skipped." >&2
+fi
+
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/ruff check llamafactory_wspo tests scripts
