@@ -142,6 +142,32 @@ def build_model(
     return model
 
 
+def build_reward_model(out_dir: str | Path, tokenizer_dir: str | Path, hidden_size: int = 32, seed: int = 0):
+    """Save a randomly initialised ``Qwen2ForSequenceClassification`` with one output (a reward model)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        num_labels=1,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForSequenceClassification(config)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return model
+
+
 def _prompt(rng: random.Random, category: str) -> str:
     context = " ".join(rng.choices(CONTEXTS, k=rng.randint(0, 4)))
     return " ".join([rng.choice(INSTRUCTIONS).format(category), context]).strip()
