@@ -17,26 +17,17 @@ def response_mask(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tor
 
 
 def per_token_logps(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX, chunk_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""``log p(y_t | x, y_<t)`` in float32 for every response token, and the response mask.
 
-    ``logits`` is ``(batch, length, vocab)`` in any dtype. The float32 log-softmax is taken one
-    sequence at a time, so the only float32 copy alive is ``length x vocab`` for one row; masked
-    positions hold 0.
+    ``logits`` is ``(batch, length, vocab)`` in any dtype. Only response positions are computed (prompt and
+    padding positions cost nothing), ``chunk_size`` of them at a time (default: a 128 MiB float32 working
+    set), and no float32 copy of the logits is kept for the backward pass, which recomputes each chunk's
+    softmax (see :class:`_ChunkedTokenLogps`). Masked positions hold 0.
     """
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match.")
-
-    mask = response_mask(labels, ignore_index)
-    targets = labels[:, 1:].masked_fill(~mask, 0)
-    logps = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
-    for row in range(logits.size(0)):
-        row_logits = logits[row, :-1].float()
-        picked = row_logits.gather(-1, targets[row].unsqueeze(-1)).squeeze(-1)
-        logps[row] = picked - torch.logsumexp(row_logits, dim=-1)
-
-    return logps.masked_fill(~mask, 0.0), mask
+    logps, _, mask = policy_logps_and_alignment(logits, labels, "none", chunk_size, ignore_index)
+    return logps, mask
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -67,11 +58,61 @@ def sft_loss(policy_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -masked_mean(policy_logps, mask)
 
 
+FLOAT32_CHUNK_BYTES = 128 * 2**20
+
+
+class _ChunkedTokenLogps(torch.autograd.Function):
+    r"""``log softmax(z)[y]`` of selected rows of ``flat_logits``, with WPO's alignment term, in float32 chunks.
+
+    Forward keeps only each row's ``logsumexp`` (one float per token); backward recomputes the chunk's softmax
+    from the logits (``d logp / dz = onehot(y) - softmax(z)``), so no float32 copy of the logits outlives its
+    chunk. The alignment output carries no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, flat_logits, index, targets, alignment: str, chunk: int):
+        logps = torch.empty(index.numel(), dtype=torch.float32, device=flat_logits.device)
+        aligned = torch.empty_like(logps)
+        lses = torch.empty_like(logps)
+        for start in range(0, index.numel(), chunk):
+            end = start + chunk
+            z = flat_logits.index_select(0, index[start:end]).float()
+            lse = torch.logsumexp(z, dim=-1)
+            logp = z.gather(-1, targets[start:end].unsqueeze(-1)).squeeze(-1) - lse
+            if alignment == "sampled":  # log sum_v p_v^2 = logsumexp(2z) - 2 logsumexp(z)
+                norm = torch.logsumexp(z.mul_(2.0), dim=-1) - 2.0 * lse
+            elif alignment == "greedy":  # log max_v p_v = max(z) - logsumexp(z)
+                norm = z.max(dim=-1).values - lse
+            else:
+                norm = 0.0
+            logps[start:end], lses[start:end], aligned[start:end] = logp, lse, logp - norm
+            del z
+
+        ctx.save_for_backward(flat_logits, index, targets, lses)
+        ctx.chunk = chunk
+        ctx.mark_non_differentiable(aligned)
+        return logps, aligned
+
+    @staticmethod
+    def backward(ctx, grad_logps, grad_aligned):
+        flat_logits, index, targets, lses = ctx.saved_tensors
+        grad = torch.zeros_like(flat_logits)
+        for start in range(0, index.numel(), ctx.chunk):
+            end = start + ctx.chunk
+            rows = index[start:end]
+            upstream = grad_logps[start:end].unsqueeze(-1)
+            chunk_grad = torch.exp(flat_logits.index_select(0, rows).float() - lses[start:end].unsqueeze(-1))
+            chunk_grad.mul_(-upstream).scatter_add_(-1, targets[start:end].unsqueeze(-1), upstream)
+            grad.index_copy_(0, rows, chunk_grad.to(grad.dtype))
+
+        return grad, None, None, None, None
+
+
 def policy_logps_and_alignment(
     logits: torch.Tensor,
     labels: torch.Tensor,
     alignment: str = "none",
-    chunk_size: int = 512,
+    chunk_size: int | None = None,
     ignore_index: int = IGNORE_INDEX,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Per-token ``log pi(y_t)`` (with gradient) and WPO's alignment term ``a_t`` (without), in float32.
@@ -84,41 +125,25 @@ def policy_logps_and_alignment(
     * ``greedy``: ``a_t = log pi(y_t) - log max_v pi(v)``, with ``log max_v p_v = max(z) - logsumexp(z)``;
     * ``none``: ``a_t = log pi(y_t)``.
 
-    No probability tensor is materialised: the float32 work runs on ``chunk_size`` positions of one
-    sequence at a time. Returns ``(logps, alignment, mask)``, each ``(batch, length - 1)``.
+    Only the response positions of the whole batch are computed, ``chunk_size`` at a time (default: a
+    128 MiB float32 working set); no probability tensor is materialised and no float32 copy of the logits
+    is kept for backward. Returns ``(logps, alignment, mask)``, each ``(batch, length - 1)``.
     """
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match.")
+    if alignment not in ("sampled", "greedy", "none"):
+        raise ValueError(f"Unknown WPO alignment: {alignment}.")
 
     mask = response_mask(labels, ignore_index)
-    targets = labels[:, 1:].masked_fill(~mask, 0)
-    rows = []
-    aligned = torch.zeros(targets.shape, dtype=torch.float32, device=logits.device)
-    for row in range(logits.size(0)):
-        pieces = []
-        for start in range(0, targets.size(1), chunk_size):
-            end = min(start + chunk_size, targets.size(1))
-            z = logits[row, start:end].float()  # position t predicts token t + 1
-            target = targets[row, start:end]
-            lse = torch.logsumexp(z, dim=-1)
-            logp = z.gather(-1, target.unsqueeze(-1)).squeeze(-1) - lse
-            pieces.append(logp)
-            with torch.no_grad():
-                if alignment == "sampled":
-                    norm = torch.logsumexp(2.0 * z.detach(), dim=-1) - 2.0 * lse.detach()
-                elif alignment == "greedy":
-                    norm = z.detach().max(dim=-1).values - lse.detach()
-                elif alignment == "none":
-                    norm = torch.zeros_like(lse)
-                else:
-                    raise ValueError(f"Unknown WPO alignment: {alignment}.")
-
-                aligned[row, start:end] = logp.detach() - norm
-
-        rows.append(torch.cat(pieces))
-
-    logps = torch.stack(rows).masked_fill(~mask, 0.0)
-    return logps, aligned.masked_fill(~mask, 0.0), mask
+    batch, length, vocab = logits.shape
+    rows, cols = mask.nonzero(as_tuple=True)
+    index = rows * length + cols  # position t of row b predicts labels[b, t + 1]
+    targets = labels[:, 1:][mask]
+    chunk = chunk_size or max(1, FLOAT32_CHUNK_BYTES // (4 * vocab))
+    flat_logits = logits.reshape(batch * length, vocab)
+    logps, aligned = _ChunkedTokenLogps.apply(flat_logits, index, targets, alignment, chunk)
+    zeros = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+    return zeros.masked_scatter(mask, logps), zeros.masked_scatter(mask, aligned), mask
 
 
 def wpo_sequence_weight(alignment: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,8 @@ logger = get_logger(__name__)
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
+# Timing of the scoring passes of this process (one entry per model): what scripts/benchmark.py reports.
+PASS_STATS: list[dict[str, Any]] = []
 
 
 def example_uid(input_ids: Sequence[int], labels: Sequence[int]) -> int:
@@ -277,15 +280,29 @@ def _score(
     device = next(model.parameters()).device
     order = sorted(uids, key=examples.length, reverse=True)  # neighbours of similar length: little padding
     out: dict[int, torch.Tensor] = {}
+    stats = {"model": desc, "seconds": 0.0, "forward_seconds": 0.0, "tokens": 0, "batches": 0}
+    started = time.perf_counter()
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress):
         chunk = order[start : start + batch_size]
         batch = collate([examples.feature(uid) for uid in chunk])
         batch = {key: value.to(device) for key, value in batch.items() if torch.is_tensor(value)}
-        logps, mask = model_token_logps(model, batch)
+        forward_started = time.perf_counter()
+        logits = model(**{key: value for key, value in batch.items() if key != "labels"}, use_cache=False).logits
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stats["forward_seconds"] += time.perf_counter() - forward_started
+        logps, mask = per_token_logps(logits, batch["labels"])
+        del logits
         logps, mask = logps.cpu(), mask.cpu()
         for row, uid in enumerate(chunk):
             out[uid] = logps[row][mask[row]]
+        stats["tokens"] += (
+            int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        )
+        stats["batches"] += 1
 
+    stats["seconds"] = time.perf_counter() - started
+    PASS_STATS.append(stats)
     return out
 
 

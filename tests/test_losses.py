@@ -110,3 +110,29 @@ def test_sft_loss_is_mean_negative_log_likelihood(batch):
     policy_logps, mask = per_token_logps(torch.from_numpy(logits), torch.from_numpy(labels))
     expected = [-sum(row) / len(row) for row in _reference_logps(logits, labels)]
     assert sft_loss(policy_logps, mask).tolist() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_per_token_logps_gradient_matches_log_softmax(dtype, chunk_size):
+    r"""The recomputing backward equals autograd through a float64 log-softmax (all positions, then masked)."""
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 7, 11, generator=generator) * 3).to(dtype)
+    labels = torch.randint(0, 11, (3, 7), generator=generator)
+    labels[0, :3] = IGNORE_INDEX  # a prompt
+    labels[2, 5:] = IGNORE_INDEX  # padding
+    upstream = torch.randn(3, 6, generator=generator)
+
+    ours = logits.clone().requires_grad_(True)
+    logps, mask = per_token_logps(ours, labels, chunk_size=chunk_size)
+    (logps * upstream).sum().backward()
+
+    reference = logits.double().clone().requires_grad_(True)
+    log_probs = torch.log_softmax(reference[:, :-1], dim=-1)
+    picked = log_probs.gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    (picked * mask * upstream.double()).sum().backward()
+
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(logps.double(), (picked * mask).detach(), atol=tolerance)
+    assert ours.grad.dtype == dtype
+    assert torch.allclose(ours.grad.double(), reference.grad, atol=tolerance)

@@ -1,0 +1,457 @@
+"""Speed and memory of the WSPO and WPO stages against stock SFT and DPO, side by side in one run.
+
+    python scripts/benchmark.py --output benchmark.json            # CPU, small random-init models (minutes)
+    python scripts/benchmark.py --quick --output benchmark.json    # CI form: tiny models, a few steps
+    python scripts/benchmark.py --device cuda --preset qwen2-1.5b --output benchmark_gpu.json   # bf16 on a GPU
+
+Every mode trains one epoch of the same data with the same strong model, through LLaMA-Factory's
+``run_exp`` in a fresh subprocess (so memory figures do not mix):
+
+=====================  =================================================================================
+``sft``                stock SFT on the chosen responses
+``dpo``                stock DPO (sigmoid) on the pairs, reference model at every step
+``wspo``               WSPO on the chosen responses, weak shift and reference precomputed
+``wspo_per_step``      WSPO computing weak base, weak aligned and reference at every step
+``wpo``                WPO (sampled alignment) on the pairs, reference at every step
+``wpo_precomputed``    WPO with the reference precomputed
+=====================  =================================================================================
+
+Per mode: the median step time after ``--warmup`` steps, tokens per second (non-padding input tokens that
+the policy trains on), peak memory during training (process RSS sampled every 5 ms on the CPU,
+``torch.cuda.max_memory_allocated`` on a GPU; both from the start of training, so model loading and the
+precompute pass do not count), the training-loop time and the whole run's time, and for precomputing modes
+the precompute pass: its time and the time of the bare no-grad forwards inside it (the same models over
+the same batches), whose ratio is the pass's speed relative to a bare forward. On a GPU also model FLOPs
+utilisation of the policy (6 x parameters x tokens per second / ``--peak-tflops``).
+
+The ratios and their targets are printed and written with everything else to ``--output``; ``--check``
+makes the exit status 1 when a target is missed.
+"""
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+MODES = ("sft", "dpo", "wspo", "wspo_per_step", "wpo", "wpo_precomputed")
+PRESETS: dict[str, dict[str, dict[str, int]]] = {
+    # hidden, layers, heads, kv heads, intermediate; vocab of the tiny tokenizer unless given
+    "tiny": {
+        "strong": {"hidden_size": 32, "num_layers": 2, "num_heads": 2},
+        "weak": {"hidden_size": 16, "num_layers": 1, "num_heads": 2},
+    },
+    "small": {
+        "strong": {"hidden_size": 256, "num_layers": 4, "num_heads": 4},
+        "weak": {"hidden_size": 128, "num_layers": 2, "num_heads": 2},
+    },
+    "qwen2-1.5b": {  # Qwen2-1.5B and Qwen2-0.5B shapes (random init)
+        "strong": {"hidden_size": 1536, "num_layers": 28, "num_heads": 12, "num_kv_heads": 2, "intermediate": 8960},
+        "weak": {"hidden_size": 896, "num_layers": 24, "num_heads": 14, "num_kv_heads": 2, "intermediate": 4864},
+    },
+}
+QWEN2_VOCAB = 151936
+TARGETS = (
+    # name, numerator, denominator, bound
+    ("WSPO step / SFT step", ("wspo", "step_seconds"), ("sft", "step_seconds"), 1.10),
+    ("WSPO peak memory / SFT's", ("wspo", "peak_memory_mb"), ("sft", "peak_memory_mb"), 1.05),
+    ("WSPO total incl. precompute / per-step WSPO total", ("wspo", "total_seconds"), ("wspo_per_step", "total_seconds"), 1.0),
+    ("WSPO peak memory / per-step WSPO's", ("wspo", "peak_memory_mb"), ("wspo_per_step", "peak_memory_mb"), 1.0),
+    ("bare forward time / precompute pass time", ("wspo", "bare_forward_seconds"), ("wspo", "precompute_seconds"), None),
+    ("WPO step / DPO step", ("wpo", "step_seconds"), ("dpo", "step_seconds"), 1.05),
+    ("WPO peak memory / DPO's", ("wpo", "peak_memory_mb"), ("dpo", "peak_memory_mb"), 1.05),
+)  # fmt: skip
+PRECOMPUTE_SPEED_TARGET = 0.9  # the pass runs at >= 0.9x the speed of a bare forward
+
+
+# ------------------------------------------------------------------------------------------------ assets
+
+
+def build_assets(out: Path, preset: str, num_examples: int, response_words: int, seed: int) -> None:
+    r"""Tokenizer, strong / weak / weak-aligned models and the data sets (same prompts for every mode)."""
+    import tiny_assets
+
+    tiny_assets.build_tokenizer(out / "tokenizer")
+    shapes = PRESETS[preset]
+    for name, shape, model_seed in (("strong", shapes["strong"], seed), ("weak", shapes["weak"], seed + 1)):
+        _build_model(out / name, out / "tokenizer", shape, model_seed)
+    _build_model(out / "weak_aligned", out / "tokenizer", shapes["weak"], seed + 2)
+
+    rng = random.Random(seed)
+    words = [word for word in tiny_assets.DEFAULT_WORDS if word.isalpha()]
+    pairs, sft = [], []
+    for _ in range(num_examples):
+        prompt = " ".join(rng.choices(words, k=16))
+        chosen = " ".join(rng.choices(words, k=rng.randint(response_words - 8, response_words + 8)))
+        rejected = " ".join(rng.choices(words, k=rng.randint(response_words - 8, response_words + 8)))
+        pairs.append({"instruction": prompt, "chosen": chosen, "rejected": rejected})
+        sft.append({"instruction": prompt, "output": chosen})
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "pairs.json").write_text(json.dumps(pairs), encoding="utf-8")
+    (data / "sft.json").write_text(json.dumps(sft), encoding="utf-8")
+    info = {
+        "bench_sft": {"file_name": "sft.json", "columns": {"prompt": "instruction", "response": "output"}},
+        "bench_pairs": {
+            "file_name": "pairs.json",
+            "ranking": True,
+            "columns": {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected"},
+        },
+    }
+    (data / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+def _build_model(out: Path, tokenizer_dir: Path, shape: dict[str, int], seed: int) -> None:
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    large = shape["hidden_size"] >= 512
+    config = Qwen2Config(
+        vocab_size=QWEN2_VOCAB if large else len(tokenizer),
+        hidden_size=shape["hidden_size"],
+        intermediate_size=shape.get("intermediate", 2 * shape["hidden_size"]),
+        num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"],
+        num_key_value_heads=shape.get("num_kv_heads", shape["num_heads"]),
+        max_position_embeddings=4096,
+        tie_word_embeddings=not large,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="bfloat16" if large else "float32",
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    if large:
+        model = model.to(torch.bfloat16)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+# ------------------------------------------------------------------------------------------------ one mode
+
+
+def mode_config(mode: str, assets: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "model_name_or_path": str(assets / "strong"),
+        "do_train": True,
+        "finetuning_type": "full",
+        "dataset_dir": str(assets / "data"),
+        "template": "qwen",
+        "cutoff_len": args.seq_len,
+        "output_dir": str(work / mode),
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": args.batch_size,
+        "per_device_eval_batch_size": args.batch_size,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 1e-5,
+        "num_train_epochs": 1,
+        "logging_steps": 1000,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_shuffling": True,
+        "seed": 42,
+        "include_num_input_tokens_seen": "non_padding",
+        "gradient_checkpointing": args.gradient_checkpointing,
+    }
+    if args.device == "cuda":
+        config["bf16"] = True
+    else:
+        config["use_cpu"] = True
+    pref = {"pref_beta": 0.1, "pref_loss": "sigmoid"}
+    weak = {"weak_base_model": str(assets / "weak"), "weak_aligned_model": str(assets / "weak_aligned")}
+    cache = {"logps_cache_dir": str(work / f"{mode}-cache")}
+    if mode == "sft":
+        config.update(stage="sft", dataset="bench_sft")
+    elif mode == "dpo":
+        config.update(stage="dpo", dataset="bench_pairs", **pref)
+    elif mode in ("wspo", "wspo_per_step"):
+        config.update(stage="wspo", dataset="bench_pairs", wspo_response="chosen", **pref, **weak, **cache)
+        config["precompute_logps"] = mode == "wspo"
+    else:
+        config.update(stage="wpo", dataset="bench_pairs", wpo_alignment="sampled", **pref, **cache)
+        config["precompute_logps"] = mode == "wpo_precomputed"
+    return config
+
+
+def run_worker(config_path: Path, result_path: Path, device: str, threads: int) -> None:
+    r"""Train one mode in this process (``--worker``) and write its measurements."""
+    import psutil
+    import torch
+    from transformers import TrainerCallback
+
+    torch.set_num_threads(threads)
+    config = json.loads(config_path.read_text())
+    process = psutil.Process()
+
+    class Meter(TrainerCallback):
+        def __init__(self) -> None:
+            self.step_times: list[float] = []
+            self.tokens: list[int] = []
+            self.peak = 0
+            self.running = False
+
+        def _sample(self) -> None:
+            while self.running:
+                self.peak = max(self.peak, process.memory_info().rss)
+                time.sleep(0.005)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.train_started = time.perf_counter()
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            self.peak = process.memory_info().rss
+            self.running = True
+            self.sampler = threading.Thread(target=self._sample, daemon=True)
+            self.sampler.start()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.step_started = time.perf_counter()
+            self.tokens_before = state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.step_times.append(time.perf_counter() - self.step_started)
+            self.tokens.append(state.num_input_tokens_seen - self.tokens_before)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.train_seconds = time.perf_counter() - self.train_started
+            self.running = False
+            self.sampler.join()
+            if device == "cuda":
+                self.peak = torch.cuda.max_memory_allocated()
+
+    from llamafactory.train.tuner import run_exp
+
+    from llamafactory_wspo import precompute
+
+    meter = Meter()
+    started = time.perf_counter()
+    run_exp(config, callbacks=[meter])
+    total = time.perf_counter() - started
+    passes = precompute.PASS_STATS
+    result = {
+        "step_times": meter.step_times,
+        "step_tokens": meter.tokens,
+        "train_seconds": meter.train_seconds,
+        "run_seconds": total,
+        "peak_memory_bytes": meter.peak,
+        "precompute_seconds": sum(item["seconds"] for item in passes),
+        "bare_forward_seconds": sum(item["forward_seconds"] for item in passes),
+        "precompute_passes": passes,
+    }
+    result_path.write_text(json.dumps(result, indent=2))
+
+
+def summarise(mode: str, raw: dict[str, Any], warmup: int, policy_params: int, peak_tflops: float | None) -> dict:
+    times = raw["step_times"][warmup:] or raw["step_times"]
+    tokens = raw["step_tokens"][warmup:] or raw["step_tokens"]
+    step = statistics.median(times)
+    tokens_per_second = sum(tokens) / sum(times)
+    summary = {
+        "mode": mode,
+        "steps": len(raw["step_times"]),
+        "step_seconds": step,
+        "tokens_per_second": tokens_per_second,
+        "peak_memory_mb": raw["peak_memory_bytes"] / 2**20,
+        "train_seconds": raw["train_seconds"],
+        # one epoch of training plus the precompute pass (0 for the modes without one)
+        "total_seconds": raw["train_seconds"] + raw["precompute_seconds"],
+        "run_seconds": raw["run_seconds"],
+        "precompute_seconds": raw["precompute_seconds"],
+        "bare_forward_seconds": raw["bare_forward_seconds"],
+    }
+    if peak_tflops:
+        summary["mfu"] = 6 * policy_params * tokens_per_second / (peak_tflops * 1e12)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for name, (num_mode, num_key), (den_mode, den_key), bound in TARGETS:
+        if num_mode not in results or den_mode not in results:
+            continue
+        value = results[num_mode][num_key] / results[den_mode][den_key] if results[den_mode][den_key] else None
+        if bound is None:  # the precompute pass: bare forward / pass >= 0.9
+            target, passed = f">= {PRECOMPUTE_SPEED_TARGET}", value is not None and value >= PRECOMPUTE_SPEED_TARGET
+        else:
+            target, passed = f"<= {bound}", value is not None and value <= bound
+        rows.append({"ratio": name, "value": value, "target": target, "pass": passed})
+    return rows
+
+
+def print_report(results: dict[str, dict[str, Any]], rows: list[dict[str, Any]], header: str) -> None:
+    print(f"\n{header}\n")
+    has_mfu = any("mfu" in item for item in results.values())
+    print(
+        f"{'mode':<17}{'step s (median)':>16}{'tokens/s':>11}{'peak MB':>10}{'train s':>9}{'precompute s':>14}"
+        + (f"{'MFU':>7}" if has_mfu else "")
+    )
+    for mode, item in results.items():
+        line = (
+            f"{mode:<17}{item['step_seconds']:>16.4f}{item['tokens_per_second']:>11.0f}{item['peak_memory_mb']:>10.0f}"
+            f"{item['train_seconds']:>9.2f}{item['precompute_seconds']:>14.2f}"
+        )
+        print(line + (f"{item.get('mfu', 0):>7.1%}" if has_mfu else ""))
+    print()
+    for row in rows:
+        value = "n/a" if row["value"] is None else f"{row['value']:.3f}"
+        print(f"{row['ratio']:<52}{value:>8}  target {row['target']:<7} {'PASS' if row['pass'] else 'FAIL'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", type=Path, default=Path("benchmark.json"), help="JSON file of the results.")
+    parser.add_argument("--quick", action="store_true", help="CI form: tiny models, 4 steps, short sequences.")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=None, help="Model shapes (default: small).")
+    parser.add_argument("--modes", default=",".join(MODES), help="Comma-separated subset of the modes.")
+    parser.add_argument("--steps", type=int, default=None, help="Steps per epoch (= examples / batch size).")
+    parser.add_argument("--warmup", type=int, default=None, help="Steps left out of the median.")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seq-len", type=int, default=None, help="cutoff_len; responses fill most of it.")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU; default: all cores).")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="Gradient checkpointing in every mode.")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="Peak bf16 TFLOP/s for MFU (H100: 989).")
+    parser.add_argument("--keep", type=Path, default=None, help="Keep the assets and runs in this folder.")
+    parser.add_argument("--check", action="store_true", help="Exit with status 1 if a target is missed.")
+    parser.add_argument("--worker", nargs=2, type=Path, metavar=("CONFIG", "RESULT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    defaults = (
+        {"preset": "tiny", "steps": 4, "warmup": 1, "batch_size": 2, "seq_len": 64}
+        if args.quick
+        else {"preset": "small", "steps": 14, "warmup": 4, "batch_size": 8, "seq_len": 256}
+    )
+    if args.device == "cuda":
+        defaults.update(preset="qwen2-1.5b", batch_size=4, seq_len=1024, steps=20, warmup=5)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.threads = args.threads or (os.cpu_count() or 1)
+    args.gradient_checkpointing = args.gradient_checkpointing or None
+
+    if args.worker:
+        run_worker(*args.worker, device=args.device, threads=args.threads)
+        return 0
+
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"--modes: unknown {unknown}; choose from {', '.join(MODES)}.")
+    if args.warmup >= args.steps:
+        parser.error(f"--warmup ({args.warmup}) must be smaller than --steps ({args.steps}).")
+
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="wspo-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    assets = workdir / "assets"
+    # responses fill most of cutoff_len: about 1 token per word in the tiny tokenizer
+    response_words = max(12, args.seq_len - 40)
+    print(f"building {args.preset} assets in {assets} ...", flush=True)
+    build_assets(assets, args.preset, args.steps * args.batch_size, response_words, seed=0)
+    policy_params = _count_params(assets / "strong")
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("FORCE_TORCHRUN", "NPROC"))}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        WANDB_DISABLED="true",
+        OMP_NUM_THREADS=str(args.threads),
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONWARNINGS="ignore",
+    )
+    env.pop("LLAMAFACTORY_WSPO_DISABLE", None)
+    results: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        config = {k: v for k, v in mode_config(mode, assets, workdir / "runs", args).items() if v is not None}
+        config_path = workdir / f"{mode}.config.json"
+        result_path = workdir / f"{mode}.result.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        print(f"running {mode} ...", flush=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", str(config_path), str(result_path), "--device", args.device,
+             "--threads", str(args.threads)],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        (workdir / f"{mode}.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            print(proc.stderr[-4000:], file=sys.stderr)
+            raise SystemExit(f"mode {mode} failed; log: {workdir / f'{mode}.log'}")
+        peak = args.peak_tflops if args.device == "cuda" else None
+        results[mode] = summarise(mode, json.loads(result_path.read_text()), args.warmup, policy_params, peak)
+
+    rows = ratios(results)
+    setup = {
+        "device": args.device,
+        "device_name": _device_name(args.device),
+        "preset": args.preset,
+        "models": PRESETS[args.preset],
+        "policy_parameters": policy_params,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "command": " ".join(["python", "scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    header = (
+        f"{setup['device_name']}, preset {args.preset} ({policy_params / 1e6:.2f}M-parameter policy), "
+        f"batch {args.batch_size}, cutoff {args.seq_len}, {args.steps} steps ({args.warmup} warm-up), "
+        f"{args.threads} threads"
+    )
+    print_report(results, rows, header)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"setup": setup, "results": results, "ratios": rows}, indent=2))
+    print(f"\nwrote {args.output}")
+    return 1 if args.check and not all(row["pass"] for row in rows) else 0
+
+
+def _count_params(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for path in model_dir.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as handle:
+            for name in handle.keys():
+                total += _numel(handle.get_slice(name).get_shape())
+    return total
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
