@@ -24,7 +24,8 @@ the precompute pass: its time and the time of the bare no-grad forwards inside i
 the same batches), whose ratio is the pass's speed relative to a bare forward. On a GPU also model FLOPs
 utilisation of the policy (6 x parameters x tokens per second / ``--peak-tflops``).
 
-The ratios and their targets are printed and written with everything else to ``--output``; ``--check``
+With ``--repeats`` (default 2; 1 with ``--quick``) the modes run that many times, interleaved, and each mode's
+fastest run counts (noise on a shared machine only ever adds time). The ratios and their targets are printed and written with everything else to ``--output``; ``--check``
 makes the exit status 1 when a target is missed.
 """
 
@@ -63,16 +64,16 @@ PRESETS: dict[str, dict[str, dict[str, int]]] = {
 }
 QWEN2_VOCAB = 151936
 TARGETS = (
-    # name, numerator, denominator, bound
-    ("WSPO step / SFT step", ("wspo", "step_seconds"), ("sft", "step_seconds"), 1.10),
-    ("WSPO peak memory / SFT's", ("wspo", "peak_memory_mb"), ("sft", "peak_memory_mb"), 1.05),
-    ("WSPO total incl. precompute / per-step WSPO total", ("wspo", "total_seconds"), ("wspo_per_step", "total_seconds"), 1.0),
-    ("WSPO peak memory / per-step WSPO's", ("wspo", "peak_memory_mb"), ("wspo_per_step", "peak_memory_mb"), 1.0),
-    ("bare forward time / precompute pass time", ("wspo", "bare_forward_seconds"), ("wspo", "precompute_seconds"), None),
-    ("WPO step / DPO step", ("wpo", "step_seconds"), ("dpo", "step_seconds"), 1.05),
-    ("WPO peak memory / DPO's", ("wpo", "peak_memory_mb"), ("dpo", "peak_memory_mb"), 1.05),
+    # name, numerator, denominator, comparison and bound (None: reported, no target)
+    ("WSPO step / SFT step", ("wspo", "step_seconds"), ("sft", "step_seconds"), ("<=", 1.10)),
+    ("WSPO peak memory / SFT's (policy alone)", ("wspo", "peak_memory_mb"), ("sft", "peak_memory_mb"), ("<=", 1.05)),
+    ("WSPO total incl. precompute / per-step WSPO total", ("wspo", "total_seconds"), ("wspo_per_step", "total_seconds"), ("<=", 1.0)),
+    ("WSPO peak memory / per-step WSPO's (four models)", ("wspo", "peak_memory_mb"), ("wspo_per_step", "peak_memory_mb"), None),
+    ("bare forward time / precompute pass time", ("wspo", "bare_forward_seconds"), ("wspo", "precompute_seconds"), (">=", 0.9)),
+    ("WPO step / DPO step", ("wpo", "step_seconds"), ("dpo", "step_seconds"), ("<=", 1.05)),
+    ("WPO peak memory / DPO's", ("wpo", "peak_memory_mb"), ("dpo", "peak_memory_mb"), ("<=", 1.05)),
+    ("WPO step, reference precomputed / DPO step", ("wpo_precomputed", "step_seconds"), ("dpo", "step_seconds"), None),
 )  # fmt: skip
-PRECOMPUTE_SPEED_TARGET = 0.9  # the pass runs at >= 0.9x the speed of a bare forward
 
 
 # ------------------------------------------------------------------------------------------------ assets
@@ -93,8 +94,9 @@ def build_assets(out: Path, preset: str, num_examples: int, response_words: int,
     pairs, sft = [], []
     for _ in range(num_examples):
         prompt = " ".join(rng.choices(words, k=16))
-        chosen = " ".join(rng.choices(words, k=rng.randint(response_words - 8, response_words + 8)))
-        rejected = " ".join(rng.choices(words, k=rng.randint(response_words - 8, response_words + 8)))
+        # response lengths spread like real preference data (from a tenth of the budget to all of it)
+        chosen = " ".join(rng.choices(words, k=rng.randint(max(1, response_words // 10), response_words)))
+        rejected = " ".join(rng.choices(words, k=rng.randint(max(1, response_words // 10), response_words)))
         pairs.append({"instruction": prompt, "chosen": chosen, "rejected": rejected})
         sft.append({"instruction": prompt, "output": chosen})
     data = out / "data"
@@ -290,11 +292,12 @@ def ratios(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         if num_mode not in results or den_mode not in results:
             continue
         value = results[num_mode][num_key] / results[den_mode][den_key] if results[den_mode][den_key] else None
-        if bound is None:  # the precompute pass: bare forward / pass >= 0.9
-            target, passed = f">= {PRECOMPUTE_SPEED_TARGET}", value is not None and value >= PRECOMPUTE_SPEED_TARGET
-        else:
-            target, passed = f"<= {bound}", value is not None and value <= bound
-        rows.append({"ratio": name, "value": value, "target": target, "pass": passed})
+        if bound is None:
+            rows.append({"ratio": name, "value": value, "target": None, "pass": None})
+            continue
+        op, limit = bound
+        passed = value is not None and (value <= limit if op == "<=" else value >= limit)
+        rows.append({"ratio": name, "value": value, "target": f"{op} {limit}", "pass": passed})
     return rows
 
 
@@ -314,7 +317,8 @@ def print_report(results: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
     print()
     for row in rows:
         value = "n/a" if row["value"] is None else f"{row['value']:.3f}"
-        print(f"{row['ratio']:<52}{value:>8}  target {row['target']:<7} {'PASS' if row['pass'] else 'FAIL'}")
+        verdict = "" if row["target"] is None else f"target {row['target']:<7} {'PASS' if row['pass'] else 'FAIL'}"
+        print(f"{row['ratio']:<52}{value:>8}  {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="Steps left out of the median.")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seq-len", type=int, default=None, help="cutoff_len; responses fill most of it.")
+    parser.add_argument("--repeats", type=int, default=None, help="Runs per mode, interleaved; the fastest counts.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU; default: all cores).")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="Gradient checkpointing in every mode.")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="Peak bf16 TFLOP/s for MFU (H100: 989).")
@@ -337,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     defaults = (
-        {"preset": "tiny", "steps": 4, "warmup": 1, "batch_size": 2, "seq_len": 64}
+        {"preset": "tiny", "steps": 4, "warmup": 1, "batch_size": 2, "seq_len": 64, "repeats": 1}
         if args.quick
-        else {"preset": "small", "steps": 14, "warmup": 4, "batch_size": 8, "seq_len": 256}
+        else {"preset": "small", "steps": 16, "warmup": 4, "batch_size": 8, "seq_len": 256, "repeats": 2}
     )
     if args.device == "cuda":
         defaults.update(preset="qwen2-1.5b", batch_size=4, seq_len=1024, steps=20, warmup=5)
@@ -381,12 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     env.pop("LLAMAFACTORY_WSPO_DISABLE", None)
     results: dict[str, dict[str, Any]] = {}
-    for mode in modes:
-        config = {k: v for k, v in mode_config(mode, assets, workdir / "runs", args).items() if v is not None}
+    for repeat, mode in [(repeat, mode) for repeat in range(args.repeats) for mode in modes]:
+        # a fresh cache folder per run: a repeat must compute the pass again, not reuse the first run's cache
+        runs = workdir / "runs" / f"repeat-{repeat}"
+        config = {k: v for k, v in mode_config(mode, assets, runs, args).items() if v is not None}
         config_path = workdir / f"{mode}.config.json"
-        result_path = workdir / f"{mode}.result.json"
+        result_path = workdir / f"{mode}.result-{repeat}.json"
         config_path.write_text(json.dumps(config, indent=2))
-        print(f"running {mode} ...", flush=True)
+        print(f"running {mode} ({repeat + 1}/{args.repeats}) ...", flush=True)
         proc = subprocess.run(
             [sys.executable, __file__, "--worker", str(config_path), str(result_path), "--device", args.device,
              "--threads", str(args.threads)],
@@ -397,7 +404,12 @@ def main(argv: list[str] | None = None) -> int:
             print(proc.stderr[-4000:], file=sys.stderr)
             raise SystemExit(f"mode {mode} failed; log: {workdir / f'{mode}.log'}")
         peak = args.peak_tflops if args.device == "cuda" else None
-        results[mode] = summarise(mode, json.loads(result_path.read_text()), args.warmup, policy_params, peak)
+        summary = summarise(mode, json.loads(result_path.read_text()), args.warmup, policy_params, peak)
+        summary["repeats"] = [*results.get(mode, {}).get("repeats", []), summary.copy()]
+        if mode not in results or summary["step_seconds"] < results[mode]["step_seconds"]:
+            results[mode] = summary  # the fastest repeat: timing noise on a shared machine only adds time
+        else:
+            results[mode]["repeats"] = summary["repeats"]
 
     rows = ratios(results)
     setup = {
@@ -411,18 +423,19 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "warmup": args.warmup,
         "threads": args.threads,
+        "repeats": args.repeats,
         "command": " ".join(["python", "scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     header = (
         f"{setup['device_name']}, preset {args.preset} ({policy_params / 1e6:.2f}M-parameter policy), "
         f"batch {args.batch_size}, cutoff {args.seq_len}, {args.steps} steps ({args.warmup} warm-up), "
-        f"{args.threads} threads"
+        f"{args.threads} threads, fastest of {args.repeats} runs per mode"
     )
     print_report(results, rows, header)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"setup": setup, "results": results, "ratios": rows}, indent=2))
     print(f"\nwrote {args.output}")
-    return 1 if args.check and not all(row["pass"] for row in rows) else 0
+    return 1 if args.check and any(row["pass"] is False for row in rows) else 0
 
 
 def _count_params(model_dir: Path) -> int:
