@@ -140,6 +140,31 @@ def _patch_tuner(tuner) -> None:
         return original(config)
 
     tuner._training_function = _training_function
+    if not isinstance(tuner.dist, _BarrierBeforeDestroy):
+        tuner.dist = _BarrierBeforeDestroy(tuner.dist)
+
+
+class _BarrierBeforeDestroy:
+    r"""``torch.distributed`` as the tuner sees it, except that tearing down the process group waits for all ranks.
+
+    At the end of ``_training_function`` every rank destroys the process group, but rank 0 may still be saving
+    the model and plotting the loss. Under Gloo (CPU runs) a rank that tears down its connections meanwhile
+    and exits has been seen to abort (``terminate called without an active exception``, SIGABRT) although
+    training had finished, failing the whole ``torchrun`` job. A barrier first lets every rank leave together.
+    Only the tuner module's own ``dist`` name is replaced; ``torch.distributed`` itself is untouched.
+    """
+
+    def __init__(self, dist) -> None:
+        self._dist = dist
+
+    def __getattr__(self, name: str):
+        return getattr(self._dist, name)
+
+    def destroy_process_group(self, *args, **kwargs) -> None:
+        if self._dist.is_available() and self._dist.is_initialized():
+            self._dist.barrier()
+
+        self._dist.destroy_process_group(*args, **kwargs)
 
 
 def _plugin_training_function(tuner, config: dict[str, Any]) -> None:
