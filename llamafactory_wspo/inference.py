@@ -40,17 +40,17 @@ class SamplingConfig:
     def check(self) -> None:
         r"""One clear error for settings no back-end can honour, named by their command-line flags."""
         if self.num_samples < 1:
-            raise ValueError(f"--num-samples must be >= 1, got {self.num_samples}.")
+            raise ValueError(f"--num_samples must be >= 1, got {self.num_samples}.")
         if self.temperature < 0 or not math.isfinite(self.temperature):
             raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}.")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p must lie in (0, 1], got {self.top_p}.")
+            raise ValueError(f"--top_p must lie in (0, 1], got {self.top_p}.")
         if self.max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}.")
+            raise ValueError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}.")
         if self.temperature == 0 and self.num_samples > 1:
             raise ValueError(
-                f"--num-samples {self.num_samples} with --temperature 0: greedy decoding gives {self.num_samples} "
-                "identical outputs. Set --temperature > 0 to sample (e.g. 0.7) or --num-samples 1."
+                f"--num_samples {self.num_samples} with --temperature 0: greedy decoding gives {self.num_samples} "
+                "identical outputs. Set --temperature > 0 to sample (e.g. 0.7) or --num_samples 1."
             )
 
 
@@ -118,7 +118,7 @@ class Generator:
     ) -> None:
         self.backend = resolve_backend(backend)
         if batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {batch_size}.")
+            raise ValueError(f"--batch_size must be >= 1, got {batch_size}.")
 
         from llamafactory.data import get_template_and_fix_tokenizer
         from llamafactory.hparams import get_infer_args

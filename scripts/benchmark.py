@@ -22,7 +22,7 @@ the policy trains on), peak memory during training (process RSS sampled every 5 
 precompute pass do not count), the training-loop time and the whole run's time, and for precomputing modes
 the precompute pass: its time and the time of the bare no-grad forwards inside it (the same models over
 the same batches), whose ratio is the pass's speed relative to a bare forward. On a GPU also model FLOPs
-utilisation of the policy (6 x parameters x tokens per second / ``--peak-tflops``).
+utilisation of the policy (6 x parameters x tokens per second / ``--peak_tflops``).
 
 With ``--repeats`` (default 2; 1 with ``--quick``) the modes run that many times, interleaved, and each mode's
 fastest run counts (noise on a shared machine only ever adds time). The ratios and their targets are printed and written with everything else to ``--output``; ``--check``
@@ -45,6 +45,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+from _cli import parse_args  # noqa: E402
+
 
 MODES = ("sft", "dpo", "wspo", "wspo_per_step", "wpo", "wpo_precomputed")
 PRESETS: dict[str, dict[str, dict[str, int]]] = {
@@ -330,16 +332,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="Comma-separated subset of the modes.")
     parser.add_argument("--steps", type=int, default=None, help="Steps per epoch (= examples / batch size).")
     parser.add_argument("--warmup", type=int, default=None, help="Steps left out of the median.")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--seq-len", type=int, default=None, help="cutoff_len; responses fill most of it.")
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--seq_len", type=int, default=None, help="cutoff_len; responses fill most of it.")
     parser.add_argument("--repeats", type=int, default=None, help="Runs per mode, interleaved; the fastest counts.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU; default: all cores).")
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="Gradient checkpointing in every mode.")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="Peak bf16 TFLOP/s for MFU (H100: 989).")
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="Gradient checkpointing in every mode.")
+    parser.add_argument("--peak_tflops", type=float, default=989.0, help="Peak bf16 TFLOP/s for MFU (H100: 989).")
     parser.add_argument("--keep", type=Path, default=None, help="Keep the assets and runs in this folder.")
     parser.add_argument("--check", action="store_true", help="Exit with status 1 if a target is missed.")
     parser.add_argument("--worker", nargs=2, type=Path, metavar=("CONFIG", "RESULT"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
 
     defaults = (
         {"preset": "tiny", "steps": 4, "warmup": 1, "batch_size": 2, "seq_len": 64, "repeats": 1}

@@ -2,17 +2,17 @@
 
     # 1. five policy samples per prompt (or let this script sample with --model/--template)
     python scripts/generate.py --model meta-llama/Meta-Llama-3-8B-Instruct --template llama3 \\
-        --input ultrafeedback_prompts.jsonl --prompt-key prompt --output saves/hybrid/samples.jsonl \\
-        --num-samples 5 --temperature 0.7 --top-p 0.95 --max-new-tokens 2048
+        --input ultrafeedback_prompts.jsonl --prompt_key prompt --output saves/hybrid/samples.jsonl \\
+        --num_samples 5 --temperature 0.7 --top_p 0.95 --max_new_tokens 2048
     # 2. score, pair, fall back to UltraFeedback, write the data set and its dataset_info.json entry
     python scripts/build_hybrid_data.py --pairs llamafactory/ultrafeedback_binarized \\
         --samples saves/hybrid/samples.jsonl --outside saves/hybrid/outside.jsonl \\
         --scorer openai:http://127.0.0.1:8001/v1#judge-model \\
-        --output-dir yaml_recipes/data --name ultrafeedback_hybrid_llama3
+        --output_dir yaml_recipes/data --name ultrafeedback_hybrid_llama3
 
 The rule (WPO paper, hybrid setting): for each prompt of ``--pairs`` the candidates are its policy samples plus
 the outside model's output (``--outside``, optional); each is scored; the best-scored candidate is chosen if its
-score is at least ``--chosen-min`` (default 5), and a candidate scoring at most ``chosen - --margin`` (default 1)
+score is at least ``--chosen_min`` (default 5), and a candidate scoring at most ``chosen - --margin`` (default 1)
 is drawn at random (``--seed``) as rejected. A prompt without such a pair keeps its ``--pairs`` pair.
 
 Scorers (``--scorer``):
@@ -21,10 +21,10 @@ Scorers (``--scorer``):
   judge on the paper's 1-6 additive scale; it must end its answer with ``Score: <1-6>``. ``OPENAI_API_KEY`` is
   sent when set. An answer without a score leaves that candidate out.
 - ``rm:<path>``: a reward model with a one-logit sequence-classification head, run with transformers. The text is
-  formatted by ``--scorer-template`` (a LLaMA-Factory template) or else the tokenizer's chat template. Its scores
-  are on its own scale: set ``--chosen-min`` and ``--margin`` to fit it.
+  formatted by ``--scorer_template`` (a LLaMA-Factory template) or else the tokenizer's chat template. Its scores
+  are on its own scale: set ``--chosen_min`` and ``--margin`` to fit it.
 
-Inputs: ``--pairs`` is a hub data set id (``--pairs-split``) or a local .json/.jsonl file whose records have
+Inputs: ``--pairs`` is a hub data set id (``--pairs_split``) or a local .json/.jsonl file whose records have
 ``instruction`` or ``prompt`` and ``chosen``/``rejected`` (strings, or message lists whose last message is the
 response). ``--samples`` and ``--outside`` are JSONL/JSON records with ``instruction`` and ``predict`` (a string
 or a list: ``scripts/generate.py``'s output) or ``output``; they are matched to prompts by their text.
@@ -53,6 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import parse_args  # noqa: E402
 from generate import read_records  # noqa: E402
 
 
@@ -218,7 +219,7 @@ class RewardModelScorer:
             self.template = get_template_and_fix_tokenizer(self.tokenizer, DataArguments(template=template))
         elif not self.tokenizer.chat_template:
             raise ValueError(
-                f"--scorer rm:{path}: the tokenizer has no chat template; name one with --scorer-template."
+                f"--scorer rm:{path}: the tokenizer has no chat template; name one with --scorer_template."
             )
         self.batch_size = batch_size
         self.cutoff_len = cutoff_len
@@ -322,24 +323,24 @@ def dataset_entry(name: str) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", required=True, help="Fallback pairs: hub id or local .json/.jsonl file.")
-    parser.add_argument("--pairs-split", default="train", help="Split of a hub --pairs data set.")
-    parser.add_argument("--max-prompts", type=int, default=None, help="Use only the first N prompts of --pairs.")
+    parser.add_argument("--pairs_split", default="train", help="Split of a hub --pairs data set.")
+    parser.add_argument("--max_prompts", type=int, default=None, help="Use only the first N prompts of --pairs.")
     parser.add_argument("--samples", type=Path, default=None, help="Policy samples (scripts/generate.py output).")
     parser.add_argument("--model", default=None, help="Sample the policy here instead of --samples: model path.")
     parser.add_argument("--template", default=None, help="LLaMA-Factory template of --model.")
-    parser.add_argument("--num-samples", type=int, default=5, help="Policy samples per prompt (with --model).")
+    parser.add_argument("--num_samples", type=int, default=5, help="Policy samples per prompt (with --model).")
     parser.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature (with --model).")
-    parser.add_argument("--top-p", type=float, default=0.95, help="Nucleus threshold (with --model).")
-    parser.add_argument("--max-new-tokens", type=int, default=2048, help="Longest sample (with --model).")
+    parser.add_argument("--top_p", type=float, default=0.95, help="Nucleus threshold (with --model).")
+    parser.add_argument("--max_new_tokens", type=int, default=2048, help="Longest sample (with --model).")
     parser.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto")
     parser.add_argument("--outside", type=Path, default=None, help="The outside model's outputs (optional).")
     parser.add_argument("--scorer", required=True, help="rm:<path> or openai:<base url>#<model>.")
-    parser.add_argument("--scorer-template", default=None, help="LLaMA-Factory template for an rm: scorer.")
+    parser.add_argument("--scorer_template", default=None, help="LLaMA-Factory template for an rm: scorer.")
     parser.add_argument("--workers", type=int, default=8, help="Parallel requests to an openai: scorer.")
-    parser.add_argument("--chosen-min", type=float, default=5.0, help="Lowest score a chosen output may have.")
+    parser.add_argument("--chosen_min", type=float, default=5.0, help="Lowest score a chosen output may have.")
     parser.add_argument("--margin", type=float, default=1.0, help="Least score gap between chosen and rejected.")
     parser.add_argument("--seed", type=int, default=42, help="Seed of the random choices (and of sampling).")
-    parser.add_argument("--output-dir", type=Path, required=True, help="Folder of the data set and dataset_info.json.")
+    parser.add_argument("--output_dir", type=Path, required=True, help="Folder of the data set and dataset_info.json.")
     parser.add_argument("--name", required=True, help="Data set name (file <name>.json and dataset_info entry).")
     return parser
 
@@ -369,11 +370,11 @@ def check_args(args: argparse.Namespace) -> None:
         try:
             json.loads(info.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"--output-dir: {info} is not valid JSON ({err}); fix it first.") from err
+            raise ValueError(f"--output_dir: {info} is not valid JSON ({err}); fix it first.") from err
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         check_args(args)
         pairs = load_pairs(args.pairs, args.pairs_split, args.max_prompts)

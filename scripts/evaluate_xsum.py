@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _cli import parse_args
+
 from llamafactory_wspo.rewards import DEFAULT_LENGTH_MAX, DEFAULT_LENGTH_MIN, check_length_range, length_reward
 
 
@@ -124,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         check_length_range(args.length_min, args.length_max)
     except ValueError:

@@ -2,24 +2,24 @@
 
     # a JSON / JSONL file (AlpacaEval's 805 instructions, UltraFeedback prompts, ...)
     python scripts/generate.py --model saves/qwen2-7b-wspo --template qwen --input alpaca_eval.json \\
-        --output saves/eval/wspo.jsonl --temperature 0 --max-new-tokens 4096
+        --output saves/eval/wspo.jsonl --temperature 0 --max_new_tokens 4096
     # a data set of a dataset_info.json (its responses become the labels)
     python scripts/generate.py --model saves/xsum/qwen2-7b-wspo --template qwen --dataset xsum_test \\
-        --dataset-dir yaml_recipes/data --cutoff-len 1024 --max-new-tokens 128 --temperature 0 \\
+        --dataset_dir yaml_recipes/data --cutoff_len 1024 --max_new_tokens 128 --temperature 0 \\
         --output saves/xsum/eval/qwen2-7b-wspo.jsonl
     # several samples per prompt (WPO's hybrid data)
     python scripts/generate.py --model meta-llama/Meta-Llama-3-8B-Instruct --template llama3 \\
-        --input prompts.jsonl --prompt-key prompt --num-samples 5 --temperature 0.7 --top-p 0.95 \\
+        --input prompts.jsonl --prompt_key prompt --num_samples 5 --temperature 0.7 --top_p 0.95 \\
         --output saves/hybrid/samples.jsonl
 
 Prompts are formatted by LLaMA-Factory's chat template, as in training (``llamafactory_wspo.inference``).
-Input records: ``--prompt-key`` names the prompt; by default ``instruction`` (joined with a non-empty ``input``
+Input records: ``--prompt_key`` names the prompt; by default ``instruction`` (joined with a non-empty ``input``
 by a newline, as LLaMA-Factory's alpaca format does) or else ``prompt``. A prompt may also be a list of
-``{"role", "content"}`` messages. ``--label-key`` (default ``output`` when present) is copied as the label.
+``{"role", "content"}`` messages. ``--label_key`` (default ``output`` when present) is copied as the label.
 
 Output: one JSON line per prompt, in input order, written atomically::
 
-    {"instruction": ..., "prompt": <templated prompt text>, "predict": <str, or a list of --num-samples str>,
+    {"instruction": ..., "prompt": <templated prompt text>, "predict": <str, or a list of --num_samples str>,
      "label": <str or null>}
 
 which ``scripts/evaluate_xsum.py``, ``scripts/to_alpaca_eval.py`` and ``scripts/build_hybrid_data.py`` read.
@@ -33,6 +33,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from _cli import parse_args
 
 
 if TYPE_CHECKING:
@@ -61,7 +63,7 @@ def record_to_prompt(record: dict[str, Any], prompt_key: str | None, index: int)
     if prompt_key not in record:
         raise ValueError(
             f"--input record {index} has no `{prompt_key}` field (fields: {sorted(record)}); name the prompt's "
-            "field with --prompt-key."
+            "field with --prompt_key."
         )
     value = record[prompt_key]
     if isinstance(value, list):
@@ -141,19 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--template", required=True, help="LLaMA-Factory chat template, e.g. qwen, llama3, mistral.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", type=Path, help="Prompts: a .json list or a .jsonl file of objects.")
-    source.add_argument("--dataset", help="Prompts: a data set named in --dataset-dir/dataset_info.json.")
-    parser.add_argument("--dataset-dir", default="data", help="Folder of dataset_info.json for --dataset.")
-    parser.add_argument("--prompt-key", default=None, help="Field of the prompt in --input records.")
-    parser.add_argument("--label-key", default=None, help="Field copied as the label (default: output).")
+    source.add_argument("--dataset", help="Prompts: a data set named in --dataset_dir/dataset_info.json.")
+    parser.add_argument("--dataset_dir", default="data", help="Folder of dataset_info.json for --dataset.")
+    parser.add_argument("--prompt_key", default=None, help="Field of the prompt in --input records.")
+    parser.add_argument("--label_key", default=None, help="Field copied as the label (default: output).")
     parser.add_argument("--system", default=None, help="System prompt for every prompt (overrides the data's).")
     parser.add_argument("--output", type=Path, required=True, help="JSONL file to write.")
-    parser.add_argument("--num-samples", type=int, default=1, help="Completions per prompt.")
+    parser.add_argument("--num_samples", type=int, default=1, help="Completions per prompt.")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding.")
-    parser.add_argument("--top-p", type=float, default=1.0, help="Nucleus sampling threshold.")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="Longest completion, in tokens.")
-    parser.add_argument("--cutoff-len", type=int, default=None, help="Longest prompt, in tokens (keeps its end).")
-    parser.add_argument("--max-samples", type=int, default=None, help="Use only the first N prompts.")
-    parser.add_argument("--batch-size", type=int, default=8, help="Prompts per batch (transformers back-end).")
+    parser.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling threshold.")
+    parser.add_argument("--max_new_tokens", type=int, default=512, help="Longest completion, in tokens.")
+    parser.add_argument("--cutoff_len", type=int, default=None, help="Longest prompt, in tokens (keeps its end).")
+    parser.add_argument("--max_samples", type=int, default=None, help="Use only the first N prompts.")
+    parser.add_argument("--batch_size", type=int, default=8, help="Prompts per batch (transformers back-end).")
     parser.add_argument("--seed", type=int, default=42, help="Sampling seed.")
     parser.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto")
     parser.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto")
@@ -169,7 +171,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.input is not None and not args.input.is_file():
         raise ValueError(f"--input {args.input}: no such file.")
     if args.dataset is not None and not (Path(args.dataset_dir) / "dataset_info.json").is_file():
-        raise ValueError(f"--dataset-dir {args.dataset_dir}: no dataset_info.json there; name the data sets' folder.")
+        raise ValueError(f"--dataset_dir {args.dataset_dir}: no dataset_info.json there; name the data sets' folder.")
     if args.input is not None and args.output.resolve() == args.input.resolve():
         raise ValueError("--output must differ from --input.")
     for flag in ("cutoff_len", "max_samples", "batch_size"):
@@ -191,7 +193,7 @@ def sampling_config(args: argparse.Namespace) -> "SamplingConfig":
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         check_args(args)
         if args.input is not None:

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from _cli import parse_args
+
 
 INSTRUCTION = "Summarize the following news article in one sentence."
 DEFAULT_DATASET = "EdinburghNLP/xsum"
@@ -227,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     splits = list(dict.fromkeys(s for item in args.splits for s in item.split(",") if s))
     if not splits:
         raise SystemExit("--splits: give at least one split name, e.g. `--splits train validation test`.")

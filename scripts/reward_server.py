@@ -32,6 +32,8 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from _cli import parse_args
+
 from llamafactory_wspo.rewards import DEFAULT_LENGTH_MAX, DEFAULT_LENGTH_MIN, check_length_range, length_reward
 
 
@@ -200,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         check_length_range(args.length_min, args.length_max)

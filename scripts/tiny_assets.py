@@ -7,9 +7,9 @@ Everything is deterministic given the seed and needs no network. As a module::
 As a command line::
 
     python scripts/tiny_assets.py all OUT_DIR --seed 0 [--model weak:32:1 --model strong:64:2 ...]
-    python scripts/tiny_assets.py tokenizer OUT_DIR [--alt-vocab]
-    python scripts/tiny_assets.py model OUT_DIR --tokenizer TOK_DIR --hidden-size 64 --num-layers 2
-    python scripts/tiny_assets.py data OUT_DIR --num-train 256
+    python scripts/tiny_assets.py tokenizer OUT_DIR [--alt_vocab]
+    python scripts/tiny_assets.py model OUT_DIR --tokenizer TOK_DIR --hidden_size 64 --num_layers 2
+    python scripts/tiny_assets.py data OUT_DIR --num_train 256
 
 The task of the data sets: a prompt asks for a list of words of one category (animals, colours, ...);
 SFT responses list ``min_len`` to ``max_len`` words of that category, and the pairwise set prefers short
@@ -22,6 +22,8 @@ import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
+
+from _cli import parse_args
 
 
 PAD_TOKEN = "<|endoftext|>"
@@ -296,24 +298,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
     cmd_tok = commands.add_parser("tokenizer", help="a tokenizer")
-    cmd_tok.add_argument("--alt-vocab", action="store_true", help="use the other vocabulary")
+    cmd_tok.add_argument("--alt_vocab", action="store_true", help="use the other vocabulary")
 
     cmd_model = commands.add_parser("model", help="a random Qwen2 model saved with its tokenizer")
     cmd_model.add_argument("--tokenizer", required=True, help="tokenizer directory")
-    cmd_model.add_argument("--hidden-size", type=int, default=32)
-    cmd_model.add_argument("--num-layers", type=int, default=1)
-    cmd_model.add_argument("--num-heads", type=int, default=2)
+    cmd_model.add_argument("--hidden_size", type=int, default=32)
+    cmd_model.add_argument("--num_layers", type=int, default=1)
+    cmd_model.add_argument("--num_heads", type=int, default=2)
 
     cmd_data = commands.add_parser("data", help="data sets and dataset_info.json")
     for cmd in (cmd_all, cmd_data):
-        cmd.add_argument("--num-train", type=int, default=256)
-        cmd.add_argument("--num-eval", type=int, default=64)
+        cmd.add_argument("--num_train", type=int, default=256)
+        cmd.add_argument("--num_eval", type=int, default=64)
 
     for cmd in (cmd_all, cmd_tok, cmd_model, cmd_data):
         cmd.add_argument("out_dir")
         cmd.add_argument("--seed", type=int, default=0)
 
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.command == "all":
         build_all(
             args.out_dir,

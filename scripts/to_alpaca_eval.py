@@ -5,8 +5,8 @@
 
 Writes a JSON list of ``{"instruction", "output", "generator"}`` objects in the input's order (AlpacaEval
 matches outputs to its reference outputs by ``instruction``, so generate from AlpacaEval's own instructions).
-``--generator`` defaults to the input file's stem. A line with several samples (``--num-samples`` > 1) takes
-the one at ``--sample-index``.
+``--generator`` defaults to the input file's stem. A line with several samples (``--num_samples`` > 1) takes
+the one at ``--sample_index``.
 """
 
 import argparse
@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from _cli import parse_args
 
 
 def convert(rows: Sequence[dict[str, Any]], generator: str, sample_index: int | None = None) -> list[dict[str, str]]:
@@ -30,7 +32,7 @@ def convert(rows: Sequence[dict[str, Any]], generator: str, sample_index: int | 
         if isinstance(predict, list):
             if sample_index is None:
                 raise ValueError(
-                    f"line {number} holds {len(predict)} samples; choose one with --sample-index (e.g. 0)."
+                    f"line {number} holds {len(predict)} samples; choose one with --sample_index (e.g. 0)."
                 )
             predict = predict[sample_index]
         outputs.append({"instruction": row["instruction"], "output": predict, "generator": generator})
@@ -42,8 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("input", type=Path, help="JSONL written by scripts/generate.py.")
     parser.add_argument("output", type=Path, help="AlpacaEval model-outputs JSON to write.")
     parser.add_argument("--generator", default=None, help="Model name shown by AlpacaEval (default: input stem).")
-    parser.add_argument("--sample-index", type=int, default=None, help="Which sample of multi-sample lines.")
-    args = parser.parse_args(argv)
+    parser.add_argument("--sample_index", type=int, default=None, help="Which sample of multi-sample lines.")
+    args = parse_args(parser, argv)
 
     try:
         if not args.input.is_file():

@@ -66,7 +66,7 @@ def test_greedy_generation_matches_reference(assets: Path, tmp_path: Path) -> No
     # batch size 2: the second batch has one prompt, the first mixes lengths (left padding must not matter)
     run_script(
         "generate.py", "--model", assets / "weak", "--template", "qwen", "--input", source,
-        "--output", out, "--max-new-tokens", 8, "--batch-size", 2, "--backend", "transformers",
+        "--output", out, "--max_new_tokens", 8, "--batch_size", 2, "--backend", "transformers",
     )  # fmt: skip
     rows = read_jsonl(out)
 
@@ -88,8 +88,8 @@ def test_sampling_dataset_and_alpaca_eval(assets: Path, tmp_path: Path) -> None:
     out = tmp_path / "samples.jsonl"
     run_script(
         "generate.py", "--model", assets / "weak", "--template", "qwen", "--dataset", "tiny_sft_eval",
-        "--dataset-dir", assets / "data", "--max-samples", 4, "--num-samples", 3, "--temperature", 1.0,
-        "--top-p", 0.95, "--max-new-tokens", 6, "--output", out, "--seed", 3,
+        "--dataset_dir", assets / "data", "--max_samples", 4, "--num_samples", 3, "--temperature", 1.0,
+        "--top_p", 0.95, "--max_new_tokens", 6, "--output", out, "--seed", 3,
     )  # fmt: skip
     rows = read_jsonl(out)
     data = json.loads((assets / "data" / "tiny_sft_eval.json").read_text())[:4]
@@ -103,15 +103,15 @@ def test_sampling_dataset_and_alpaca_eval(assets: Path, tmp_path: Path) -> None:
     again = tmp_path / "again.jsonl"
     run_script(
         "generate.py", "--model", assets / "weak", "--template", "qwen", "--dataset", "tiny_sft_eval",
-        "--dataset-dir", assets / "data", "--max-samples", 4, "--num-samples", 3, "--temperature", 1.0,
-        "--top-p", 0.95, "--max-new-tokens", 6, "--output", again, "--seed", 3,
+        "--dataset_dir", assets / "data", "--max_samples", 4, "--num_samples", 3, "--temperature", 1.0,
+        "--top_p", 0.95, "--max_new_tokens", 6, "--output", again, "--seed", 3,
     )  # fmt: skip
     assert read_jsonl(again) == rows, "the same seed must give the same samples"
 
     alpaca = tmp_path / "alpaca_eval.json"
     proc = run_script("to_alpaca_eval.py", out, alpaca, check=False)
-    assert proc.returncode == 2 and "--sample-index" in proc.stderr and not alpaca.exists()
-    run_script("to_alpaca_eval.py", out, alpaca, "--sample-index", 1, "--generator", "tiny")
+    assert proc.returncode == 2 and "--sample_index" in proc.stderr and not alpaca.exists()
+    run_script("to_alpaca_eval.py", out, alpaca, "--sample_index", 1, "--generator", "tiny")
     converted = json.loads(alpaca.read_text())
     assert converted == [
         {"instruction": row["instruction"], "output": row["predict"][1], "generator": "tiny"} for row in rows
@@ -121,10 +121,10 @@ def test_sampling_dataset_and_alpaca_eval(assets: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--num-samples", "5"], "--temperature > 0"),
-        (["--top-p", "1.5", "--temperature", "0.7"], "--top-p"),
+        (["--num_samples", "5"], "--temperature > 0"),
+        (["--top_p", "1.5", "--temperature", "0.7"], "--top_p"),
         (["--backend", "vllm"], "vllm"),
-        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--max_new_tokens", "0"], "--max_new_tokens"),
     ],
 )
 def test_bad_arguments_fail_before_loading(tmp_path: Path, extra: list[str], message: str) -> None:
@@ -149,4 +149,4 @@ def test_missing_prompt_field_is_named(tmp_path: Path) -> None:
         "generate.py", "--model", tmp_path / "m", "--template", "qwen", "--input", source,
         "--output", tmp_path / "o.jsonl", check=False,
     )  # fmt: skip
-    assert proc.returncode == 2 and "--prompt-key" in proc.stderr
+    assert proc.returncode == 2 and "--prompt_key" in proc.stderr

@@ -79,7 +79,7 @@ def test_judge_scorer_follows_the_hybrid_rule(judge_url: str, tmp_path: Path) ->
 
     proc = run_script(
         "build_hybrid_data.py", "--pairs", pairs, "--samples", samples, "--outside", outside,
-        "--scorer", f"openai:{judge_url}#judge-model", "--output-dir", out_dir, "--name", "hybrid", "--seed", 0,
+        "--scorer", f"openai:{judge_url}#judge-model", "--output_dir", out_dir, "--name", "hybrid", "--seed", 0,
     )  # fmt: skip
     assert "1 judge answers had no `Score: N`" in proc.stderr
 
@@ -106,7 +106,7 @@ def test_judge_scorer_follows_the_hybrid_rule(judge_url: str, tmp_path: Path) ->
     for seed in range(1, 8):
         run_script(
             "build_hybrid_data.py", "--pairs", pairs, "--samples", samples, "--outside", outside,
-            "--scorer", f"openai:{judge_url}#judge-model", "--output-dir", out_dir, "--name", "hybrid",
+            "--scorer", f"openai:{judge_url}#judge-model", "--output_dir", out_dir, "--name", "hybrid",
             "--seed", seed,
         )  # fmt: skip
         seen.add(json.loads((out_dir / "hybrid.json").read_text())[0]["rejected"])
@@ -134,18 +134,18 @@ def test_reward_model_scorer_with_policy_sampling(assets: Path, tmp_path: Path) 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", data)
     out_dir = tmp_path / "data"
     common = [
-        "--pairs", pairs, "--model", assets / "weak", "--template", "qwen", "--num-samples", 4,
-        "--max-new-tokens", 6, "--backend", "transformers", "--scorer", f"rm:{rm_dir}", "--scorer-template", "qwen",
-        "--output-dir", out_dir, "--seed", 0,
+        "--pairs", pairs, "--model", assets / "weak", "--template", "qwen", "--num_samples", 4,
+        "--max_new_tokens", 6, "--backend", "transformers", "--scorer", f"rm:{rm_dir}", "--scorer_template", "qwen",
+        "--output_dir", out_dir, "--seed", 0,
     ]  # fmt: skip
     # a threshold no sample reaches: everything falls back; one every prompt reaches: every prompt is paired
-    run_script("build_hybrid_data.py", *common, "--name", "none", "--chosen-min", 1e9)
+    run_script("build_hybrid_data.py", *common, "--name", "none", "--chosen_min", 1e9)
     fallback = json.loads((out_dir / "none.json").read_text())
     assert [(row["chosen"], row["rejected"], row["source"]) for row in fallback] == [
         (example["chosen"], example["rejected"], "ultrafeedback") for example in data
     ]
 
-    run_script("build_hybrid_data.py", *common, "--name", "all", "--chosen-min", -1e9, "--margin", 1e-6)
+    run_script("build_hybrid_data.py", *common, "--name", "all", "--chosen_min", -1e9, "--margin", 1e-6)
     rows = json.loads((out_dir / "all.json").read_text())
     assert len(rows) == len(data)
     paired = [row for row in rows if row["source"] == "hybrid"]
@@ -194,7 +194,7 @@ def test_reward_model_scorer_with_policy_sampling(assets: Path, tmp_path: Path) 
 def test_bad_arguments(tmp_path: Path, extra: list[str], message: str) -> None:
     pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     proc = run_script(
-        "build_hybrid_data.py", "--pairs", pairs, "--output-dir", tmp_path / "out", "--name", "h", *extra,
+        "build_hybrid_data.py", "--pairs", pairs, "--output_dir", tmp_path / "out", "--name", "h", *extra,
         check=False,
     )  # fmt: skip
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -29,8 +29,8 @@ def test_vllm_and_transformers_backends_agree(assets: Path, tmp_path: Path) -> N
         proc = subprocess.run(
             [
                 VLLM_PYTHON, str(ROOT / "scripts" / "generate.py"), "--model", str(model), "--template", "qwen",
-                "--dataset", "tiny_sft_eval", "--dataset-dir", str(assets / "data"), "--max-samples", "6",
-                "--max-new-tokens", "8", "--cutoff-len", "128", "--dtype", "float32", "--backend", backend,
+                "--dataset", "tiny_sft_eval", "--dataset_dir", str(assets / "data"), "--max_samples", "6",
+                "--max_new_tokens", "8", "--cutoff_len", "128", "--dtype", "float32", "--backend", backend,
                 "--output", str(outputs[backend]),
             ],
             env=base_env(DISABLE_VERSION_CHECK="1", VLLM_CPU_KVCACHE_SPACE="1"),

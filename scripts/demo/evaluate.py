@@ -13,6 +13,7 @@ import torch
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _cli import parse_args  # noqa: E402
 from tiny_assets import CATEGORIES  # noqa: E402
 
 
@@ -106,13 +107,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--data", required=True, help="alpaca-format JSON file with the held-out prompts")
     parser.add_argument("--model", action="append", required=True, metavar="NAME=DIR", help="repeatable")
-    parser.add_argument("--num-samples", type=int, default=4, help="answers sampled per prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--short-max", type=int, default=5, help="the longest answer counted as short")
+    parser.add_argument("--num_samples", type=int, default=4, help="answers sampled per prompt")
+    parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--short_max", type=int, default=5, help="the longest answer counted as short")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", help="where to save a PNG bar plot")
     parser.add_argument("--json", help="where to save the scores as JSON")
-    args = parser.parse_args()
+    args = parse_args(parser)
 
     torch.set_num_threads(1)
     prompts = load_prompts(args.data)
