@@ -37,6 +37,10 @@ logger = get_logger(__name__)
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
+# The per-token columns that the cache stores and the collators put beside ``labels``.
+REF_LOGPS = "ref_logps"  # log pi_ref(y_t): the reference (WSPO and WPO)
+WEAK_SHIFT = "weak_shift"  # w_t = log pi_w*(y_t) - log pi_w0(y_t): the weak model's alignment (WSPO)
+KL_PREFIX = "kl_"  # the KL rows of a KTO batch carry their columns under this prefix
 # Timing of the scoring passes of this process (one entry per model): what scripts/benchmark.py reports.
 PASS_STATS: list[dict[str, Any]] = []
 
