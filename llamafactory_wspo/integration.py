@@ -131,6 +131,7 @@ def _patch_parser(parser) -> None:
 
 
 def _patch_tuner(tuner) -> None:
+    r"""Route the plugin stages to :func:`_plugin_training_function`; every other stage runs the host's own."""
     original = tuner._training_function
 
     def _training_function(config: dict[str, Any]) -> None:
@@ -140,38 +141,20 @@ def _patch_tuner(tuner) -> None:
         return original(config)
 
     tuner._training_function = _training_function
-    if not isinstance(tuner.dist, _BarrierBeforeDestroy):
-        tuner.dist = _BarrierBeforeDestroy(tuner.dist)
-
-
-class _BarrierBeforeDestroy:
-    r"""``torch.distributed`` as the tuner sees it, except that tearing down the process group waits for all ranks.
-
-    At the end of ``_training_function`` every rank destroys the process group, but rank 0 may still be saving
-    the model and plotting the loss. Under Gloo (CPU runs) a rank that tears down its connections meanwhile
-    and exits has been seen to abort (``terminate called without an active exception``, SIGABRT) although
-    training had finished, failing the whole ``torchrun`` job. A barrier first lets every rank leave together.
-    Only the tuner module's own ``dist`` name is replaced; ``torch.distributed`` itself is untouched.
-    """
-
-    def __init__(self, dist) -> None:
-        self._dist = dist
-
-    def __getattr__(self, name: str):
-        return getattr(self._dist, name)
-
-    def destroy_process_group(self, *args, **kwargs) -> None:
-        if self._dist.is_available() and self._dist.is_initialized():
-            self._dist.barrier()
-
-        self._dist.destroy_process_group(*args, **kwargs)
 
 
 def _plugin_training_function(tuner, config: dict[str, Any]) -> None:
     r"""The plugin-stage branch of ``llamafactory.train.tuner._training_function`` (0.9.5).
 
     The callbacks are the ones the host adds for its own stages, so logging, LLaMA-Board progress,
-    early stopping and profiling behave the same.
+    early stopping and profiling behave the same. The host builds them inline, before its stage chain, so
+    they cannot be called from here: the block is a copy, pinned by ``tests/test_integration.py`` to the
+    host's source so that a change there fails the test suite instead of drifting silently.
+
+    Unlike the host, every rank waits for the others before the process group is torn down: rank 0 may
+    still be saving the model and plotting, and under Gloo (CPU runs) a rank that closes its connections
+    meanwhile has been seen to abort the whole ``torchrun`` job at exit. This only concerns plugin stages;
+    the host's stages keep its own teardown.
     """
     callbacks: list[Any] = config.get("callbacks")
     model_args, data_args, training_args, finetuning_args, generating_args = tuner.get_train_args(config.get("args"))
@@ -214,26 +197,7 @@ def _plugin_training_function(tuner, config: dict[str, Any]) -> None:
 
     try:
         if tuner.dist.is_initialized():
+            tuner.dist.barrier()
             tuner.dist.destroy_process_group()
     except Exception as e:
         tuner.logger.warning(f"Failed to destroy process group: {e}.")
-
-
-def fix_trl_availability_flags() -> None:
-    r"""Make TRL's optional-dependency flags booleans again before a TRL trainer module is imported.
-
-    TRL 0.24 (the newest release LLaMA-Factory 0.9.5 allows) computes ``_mergekit_available`` and its
-    siblings with ``transformers.utils.import_utils._is_package_available``, which since transformers 5
-    returns a ``(available, version)`` tuple: always truthy, so importing ``trl.GRPOTrainer`` tries to
-    import mergekit, vLLM, ... and fails. Only those tuple-valued flags are replaced by their first item;
-    nothing is changed on other TRL releases.
-    """
-    import trl
-    import trl.import_utils as import_utils
-
-    if not trl.__version__.startswith("0.24."):
-        return
-
-    for name, value in list(vars(import_utils).items()):
-        if name.startswith("_") and name.endswith("_available") and isinstance(value, tuple) and len(value) == 2:
-            setattr(import_utils, name, bool(value[0]))

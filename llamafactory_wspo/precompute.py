@@ -22,14 +22,17 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from .logging import get_logger
 from .losses import IGNORE_INDEX, per_token_logps
+
+
+if TYPE_CHECKING:
+    from .frozen import FrozenModel
 
 
 logger = get_logger(__name__)
@@ -41,8 +44,6 @@ MANIFEST = "manifest.json"
 REF_LOGPS = "ref_logps"  # log pi_ref(y_t): the reference (WSPO and WPO)
 WEAK_SHIFT = "weak_shift"  # w_t = log pi_w*(y_t) - log pi_w0(y_t): the weak model's alignment (WSPO)
 KL_PREFIX = "kl_"  # the KL rows of a KTO batch carry their columns under this prefix
-# Timing of the scoring passes of this process (one entry per model): what scripts/benchmark.py reports.
-PASS_STATS: list[dict[str, Any]] = []
 
 
 def example_uid(input_ids: Sequence[int], labels: Sequence[int]) -> int:
@@ -153,15 +154,6 @@ class LogpsStore:
         return cls(tensors["uids"], tensors["offsets"], columns)
 
 
-@dataclass
-class FrozenModel:
-    r"""A frozen model of the precompute pass: a name, a loader and what identifies its weights."""
-
-    name: str
-    load: Callable[[], "torch.nn.Module"]
-    identity: dict[str, Any] = field(default_factory=dict)
-
-
 def weights_identity(name_or_path: str, revision: str | None = None, adapters: Sequence[str] | None = None) -> dict:
     r"""What identifies a model's weights: for a local directory the names, sizes and modification times of its
     files and the content of its config; for a hub id the id, revision and cached snapshot."""
@@ -193,7 +185,7 @@ def weights_identity(name_or_path: str, revision: str | None = None, adapters: S
     return identity
 
 
-def fingerprint(uids: Sequence[int], models: Sequence[FrozenModel], extra: dict[str, Any]) -> str:
+def fingerprint(uids: Sequence[int], models: Sequence["FrozenModel"], extra: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps({"format": CACHE_FORMAT, "extra": extra}, sort_keys=True, default=str).encode())
     for model in models:
@@ -280,11 +272,12 @@ def _score(
     batch_size: int,
     desc: str,
     show_progress: bool,
-) -> dict[int, torch.Tensor]:
+) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
+    r"""Per-token log-probs of ``uids`` under ``model``, and the pass's timing (whole pass, forward calls alone)."""
     device = next(model.parameters()).device
     order = sorted(uids, key=examples.length, reverse=True)  # neighbours of similar length: little padding
     out: dict[int, torch.Tensor] = {}
-    stats = {"model": desc, "seconds": 0.0, "forward_seconds": 0.0, "tokens": 0, "batches": 0}
+    stats = {"seconds": 0.0, "forward_seconds": 0.0, "tokens": 0, "batches": 0}
     started = time.perf_counter()
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress):
         chunk = order[start : start + batch_size]
@@ -306,13 +299,12 @@ def _score(
         stats["batches"] += 1
 
     stats["seconds"] = time.perf_counter() - started
-    PASS_STATS.append(stats)
-    return out
+    return out, stats
 
 
 def precompute_logps(
     datasets: Sequence[Any],
-    models: Sequence[FrozenModel],
+    models: Sequence["FrozenModel"],
     combine: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
     cache_dir: str,
@@ -332,12 +324,13 @@ def precompute_logps(
         os.makedirs(target, exist_ok=True)
         share = uids[rank::world]
         scores: dict[str, dict[int, torch.Tensor]] = {}
+        passes: dict[str, dict[str, Any]] = {}  # this rank's timing of each model's pass, kept in the manifest
         for model_spec in models:
             with zero3_init_disabled():
                 model = model_spec.load()
 
             model.eval()
-            scores[model_spec.name] = _score(
+            scores[model_spec.name], passes[model_spec.name] = _score(
                 model, examples, share, collate, batch_size, f"Precomputing {model_spec.name} log-probs", show_progress
             )
             del model
@@ -353,7 +346,7 @@ def precompute_logps(
         if rank == 0:
             shards = [f"shard-{r:05d}-of-{world:05d}.safetensors" for r in range(world)]
             manifest = {"format": CACHE_FORMAT, "fingerprint": key, "shards": shards, "examples": len(uids)}
-            manifest.update({"extra": extra, "models": {m.name: m.identity for m in models}})
+            manifest.update({"extra": extra, "models": {m.name: m.identity for m in models}, "passes": passes})
             fd, tmp = tempfile.mkstemp(dir=target, prefix=".tmp-", suffix=".json")
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=2, default=str)

@@ -1,5 +1,5 @@
 from .collator import KTODataCollatorWithLogps, PairwiseDataCollatorWithLogps, SFTDataCollatorWithLogps
-from .loader import check_wspo_data, get_wspo_dataset, kto_rows, select_responses
+from .loader import check_wspo_data, dataset_splits, get_wspo_dataset, kto_rows, map_splits, select_responses
 
 
 __all__ = [
@@ -7,7 +7,9 @@ __all__ = [
     "PairwiseDataCollatorWithLogps",
     "SFTDataCollatorWithLogps",
     "check_wspo_data",
+    "dataset_splits",
     "get_wspo_dataset",
     "kto_rows",
+    "map_splits",
     "select_responses",
 ]

@@ -1,9 +1,12 @@
 """WSPO data: LLaMA-Factory's own loading and templates, SFT-format or pairwise data sets."""
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from llamafactory.data import get_dataset
 from llamafactory.data.parser import get_dataset_list
+
+from ..precompute import KL_PREFIX
 
 
 if TYPE_CHECKING:
@@ -16,6 +19,31 @@ if TYPE_CHECKING:
 
 
 _PAIR_COLUMNS = ("input_ids", "attention_mask", "labels")
+_SPLITS = ("train_dataset", "eval_dataset")
+
+
+def map_splits(fn: Callable[["Dataset"], Any], dataset_module: dict[str, Any]) -> dict[str, Any]:
+    r"""``dataset_module`` with ``fn`` applied to the training set and to each evaluation set.
+
+    LLaMA-Factory's ``get_dataset`` gives one evaluation set, or a dict of named ones when ``eval_dataset``
+    names several; the dict shape is kept.
+    """
+    out = dict(dataset_module)
+    for key in _SPLITS:
+        value = dataset_module.get(key)
+        if isinstance(value, dict):
+            out[key] = {name: fn(dataset) for name, dataset in value.items()}
+        elif value is not None:
+            out[key] = fn(value)
+
+    return out
+
+
+def dataset_splits(dataset_module: dict[str, Any]) -> list["Dataset"]:
+    r"""The training set and every evaluation set of ``dataset_module``, as a flat list."""
+    splits: list[Dataset] = []
+    map_splits(splits.append, dataset_module)
+    return splits
 
 
 def _is_ranking(dataset_names: list[str] | None, data_args: "DataArguments") -> bool | None:
@@ -75,7 +103,7 @@ def kto_rows(dataset: "Dataset") -> "Dataset":
 
     def split(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {name: [] for name in _PAIR_COLUMNS}
-        for prefix in ("", "kl_"):
+        for prefix in ("", KL_PREFIX):
             for name in _PAIR_COLUMNS:
                 out[name].extend(batch[f"{prefix}{name}"])
 
@@ -117,26 +145,16 @@ def get_wspo_dataset(
 
         raise
 
-    for key, value in list(dataset_module.items()):
-        if isinstance(value, dict):
-            splits = value
-        elif value is not None:
-            splits = {key: value}
-        else:
-            continue
+    def check(dataset: "Dataset") -> "Dataset":
+        if pairwise:
+            dataset = select_responses(dataset, finetuning_args.wspo_response)
 
-        for split, dataset in splits.items():
-            if pairwise:
-                dataset = select_responses(dataset, finetuning_args.wspo_response)
+        if len(dataset) == 0 or not any(any(label != -100 for label in labels) for labels in dataset["labels"]):
+            raise ValueError(_no_response_message(names))
 
-            if len(dataset) == 0 or not any(any(label != -100 for label in labels) for labels in dataset["labels"]):
-                raise ValueError(_no_response_message(names))
+        return dataset
 
-            splits[split] = dataset
-
-        if not isinstance(value, dict):
-            dataset_module[key] = splits[key]
-
+    dataset_module = map_splits(check, dataset_module)
     return dataset_module
 
 

@@ -1,22 +1,26 @@
-"""Helpers shared by the plugin stages' workflows: argument checks, the frozen models, the training loop."""
+"""Helpers shared by the plugin stages' workflows: argument checks, the precompute pass, the training loop."""
 
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llamafactory.extras.misc import calculate_tps
 from llamafactory.extras.ploting import plot_loss
-from llamafactory.hparams import FinetuningArguments, ModelArguments
-from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push
 
-from ..precompute import FrozenModel, weights_identity
+from ..data import dataset_splits
+from ..precompute import precompute_logps
 
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizer
+    import torch
+    from datasets import Dataset
+    from llamafactory.hparams import ModelArguments
+    from transformers import Seq2SeqTrainingArguments
 
+    from ..frozen import FrozenModels
     from ..hparams import PluginArguments
+    from ..precompute import LogpsStore
 
 
 def _looks_like_path(name: str) -> bool:
@@ -36,71 +40,32 @@ def check_model_paths(
             )
 
 
-def frozen_model_args(model_args: "ModelArguments", name_or_path: str, adapters: str | None = None):
-    return ModelArguments.copyfrom(
-        model_args, model_name_or_path=name_or_path, adapter_name_or_path=adapters, quantization_bit=None
-    )
-
-
-def check_vocabularies(
-    tokenizer: "PreTrainedTokenizer",
-    model_args: "ModelArguments",
+def precompute_frozen_logps(
+    dataset_module: dict[str, Any],
+    models: "FrozenModels",
+    combine: Callable[[dict[str, "torch.Tensor"]], dict[str, "torch.Tensor"]],
+    collate: Callable,
+    training_args: "Seq2SeqTrainingArguments",
     finetuning_args: "PluginArguments",
-    keys: Sequence[str] = ("ref_model",),
-) -> None:
-    r"""Frozen models score the policy's token ids, so every tokenizer must map text to the same ids."""
-    strong_vocab = tokenizer.get_vocab()
-    for key in keys:
-        name = getattr(finetuning_args, key)
-        if not name:
-            continue
+    extra: dict[str, Any],
+    rows: Callable[["Dataset"], "Dataset"] | None = None,
+) -> "LogpsStore":
+    r"""The precompute pass (or its cache) over every training and evaluation example of a plugin stage.
 
-        try:
-            other = load_tokenizer(frozen_model_args(model_args, name))["tokenizer"]
-        except Exception as err:
-            raise ValueError(f"`{key}` ({name}) has no tokenizer that can be loaded: {err}") from err
-
-        other_vocab = other.get_vocab()
-        if other_vocab != strong_vocab:
-            differing = sorted(set(strong_vocab.items()) ^ set(other_vocab.items()), key=lambda item: item[1])
-            example = ", ".join(f"{token!r}->{idx}" for token, idx in differing[:3])
-            raise ValueError(
-                f"`{key}` ({name}) and `model_name_or_path` ({model_args.model_name_or_path}) have different "
-                f"vocabularies ({len(other_vocab)} vs {len(strong_vocab)} tokens; differing entries e.g. {example}). "
-                "Both models score the same token ids: use models that share one tokenizer "
-                "(e.g. Qwen2-1.5B with Qwen2-7B)."
-            )
-
-
-def frozen_model(
-    name: str, tokenizer: "PreTrainedTokenizer", model_args: "ModelArguments", name_or_path: str, adapters=None
-) -> FrozenModel:
-    r"""A frozen model loaded with LLaMA-Factory's loader, identified by its weights for the cache."""
-    frozen_args = frozen_model_args(model_args, name_or_path, adapters)
-
-    def load():
-        return load_model(tokenizer, frozen_args, FinetuningArguments())
-
-    identity = weights_identity(name_or_path, model_args.model_revision, adapters.split(",") if adapters else None)
-    return FrozenModel(name, load, identity)
-
-
-def reference_model(
-    tokenizer: "PreTrainedTokenizer", model_args: "ModelArguments", finetuning_args: "PluginArguments"
-) -> FrozenModel:
-    r"""The reference: ``ref_model`` or, by default, the policy's checkpoint (with LoRA: without the adapters)."""
-    if finetuning_args.ref_model:
-        return frozen_model(
-            "ref", tokenizer, model_args, finetuning_args.ref_model, finetuning_args.ref_model_adapters
-        )
-
-    adapters = model_args.adapter_name_or_path
-    if finetuning_args.finetuning_type == "lora" or not adapters:
-        adapters = None  # LoRA: the model with its adapters disabled
-    else:
-        adapters = ",".join(adapters)
-
-    return frozen_model("ref", tokenizer, model_args, model_args.model_name_or_path, adapters)
+    ``rows`` turns a split into the (prompt, response) rows that the frozen models score, one sequence a row;
+    ``combine`` turns the frozen models' per-token log-probs of a row into the stored columns.
+    """
+    splits = dataset_splits(dataset_module)
+    return precompute_logps(
+        datasets=[rows(split) for split in splits] if rows else splits,
+        models=list(models),
+        combine=combine,
+        collate=collate,
+        cache_dir=finetuning_args.get_logps_cache_dir(),
+        extra=extra,
+        batch_size=finetuning_args.precompute_batch_size or training_args.per_device_eval_batch_size,
+        show_progress=training_args.should_log,
+    )
 
 
 def train_and_evaluate(

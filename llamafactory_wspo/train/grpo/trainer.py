@@ -1,16 +1,15 @@
-"""``CustomGRPOTrainer``: TRL's ``GRPOTrainer`` with LLaMA-Factory's optimizer and scheduler choices."""
+"""``CustomGRPOTrainer``: TRL's ``GRPOTrainer`` with LLaMA-Factory's optimizer and scheduler choices.
+
+With TRL 0.24 and transformers 5, import this module only after
+:func:`llamafactory_wspo.extras.compat.fix_trl_availability_flags` (``run_grpo`` does).
+"""
 
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from ...integration import fix_trl_availability_flags
-
-
-fix_trl_availability_flags()
-
-from llamafactory.train.trainer_utils import create_custom_optimizer, create_custom_scheduler  # noqa: E402
-from transformers import TrainingArguments  # noqa: E402
-from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from llamafactory.train.trainer_utils import create_custom_optimizer, create_custom_scheduler
+from transformers import TrainingArguments
+from trl import GRPOConfig, GRPOTrainer
 
 
 if TYPE_CHECKING:

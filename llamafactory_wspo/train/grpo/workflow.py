@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
 from llamafactory.model import load_model, load_tokenizer
 
+from ...data import map_splits
+from ...extras.compat import fix_trl_availability_flags
 from ...logging import get_logger
 from ..trainer_utils import check_model_paths, train_and_evaluate
 from .rewards import resolve_reward_funcs
@@ -52,6 +54,7 @@ def run_grpo(
 ):
     check_model_paths(model_args, finetuning_args, ())
     reward_funcs = resolve_reward_funcs(finetuning_args)
+    fix_trl_availability_flags()
     from .trainer import CustomGRPOTrainer, build_grpo_config  # imports TRL's GRPO, after the cheap checks
 
     config = build_grpo_config(training_args, finetuning_args)
@@ -59,12 +62,7 @@ def run_grpo(
     tokenizer = tokenizer_module["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     dataset_module = get_dataset(template, model_args, data_args, training_args, stage="ppo", **tokenizer_module)
-    for key in ("train_dataset", "eval_dataset"):
-        split = dataset_module.get(key)
-        if isinstance(split, dict):
-            dataset_module[key] = {name: to_prompt_dataset(value, tokenizer) for name, value in split.items()}
-        elif split is not None:
-            dataset_module[key] = to_prompt_dataset(split, tokenizer)
+    dataset_module = map_splits(lambda split: to_prompt_dataset(split, tokenizer), dataset_module)
 
     logger.info_rank0(
         f"GRPO: rewards {finetuning_args.grpo_reward_funcs}, {finetuning_args.grpo_num_generations} outputs per "

@@ -7,7 +7,6 @@ from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
 from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.model import load_model, load_tokenizer
-from llamafactory.train.trainer_utils import create_ref_model
 
 from ...data import (
     KTODataCollatorWithLogps,
@@ -16,9 +15,10 @@ from ...data import (
     kto_rows,
     select_responses,
 )
+from ...frozen import check_vocabularies, frozen_models
 from ...logging import get_logger
-from ...precompute import precompute_logps
-from ..trainer_utils import check_model_paths, check_vocabularies, reference_model, train_and_evaluate
+from ...precompute import REF_LOGPS
+from ..trainer_utils import check_model_paths, precompute_frozen_logps, train_and_evaluate
 from .trainer import CustomWPOKTOTrainer, CustomWPOTrainer, plot_weights
 
 
@@ -67,7 +67,8 @@ def run_wpo(
     check_wpo_data(data_args, kto)
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
-    check_vocabularies(tokenizer, model_args, finetuning_args)
+    frozen = frozen_models(model_args, finetuning_args)
+    check_vocabularies(tokenizer, frozen, model_args.model_name_or_path)
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     dataset_module = get_dataset(
         template, model_args, data_args, training_args, stage="kto" if kto else "rm", **tokenizer_module
@@ -81,18 +82,15 @@ def run_wpo(
     )
 
     collator_args = dict(template=template, pad_to_multiple_of=8, label_pad_token_id=IGNORE_INDEX, **tokenizer_module)
-
     store = None
     if precompute:
-        splits = [dataset_module.get("train_dataset")]
-        eval_dataset = dataset_module.get("eval_dataset")
-        splits += list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
-        store = precompute_logps(
-            datasets=[kto_rows(split) if kto else select_responses(split, "both") for split in splits if split],
-            models=[reference_model(tokenizer, model_args, finetuning_args)],
-            combine=lambda logps: {"ref_logps": logps["ref"].to(storage_dtype)},
+        store = precompute_frozen_logps(
+            dataset_module,
+            frozen,
+            combine=lambda logps: {REF_LOGPS: logps["ref"].to(storage_dtype)},
             collate=SFTDataCollatorWithLogps(**collator_args),  # one row per response
-            cache_dir=finetuning_args.get_logps_cache_dir(),
+            training_args=training_args,
+            finetuning_args=finetuning_args,
             extra={
                 "stage": "wpo-kto" if kto else "wpo",
                 "template": data_args.template,
@@ -100,17 +98,16 @@ def run_wpo(
                 "dtype": str(storage_dtype),
                 "tokenizer_size": len(tokenizer),
             },
-            batch_size=finetuning_args.precompute_batch_size or training_args.per_device_eval_batch_size,
-            show_progress=training_args.should_log,
+            rows=kto_rows if kto else lambda split: select_responses(split, "both"),
         )
 
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
     ref_model = None
     if finetuning_args.use_ref_model and not precompute:
         if finetuning_args.ref_model is None and not training_args.do_train:
-            ref_model = model
-        else:
-            ref_model = create_ref_model(model_args, finetuning_args)
+            ref_model = model  # as the DPO stage: evaluation only, the model is its own reference
+        elif not frozen.ref.is_policy:
+            ref_model = frozen.ref.load()
 
     collator_class = KTODataCollatorWithLogps if kto else PairwiseDataCollatorWithLogps
     trainer = (CustomWPOKTOTrainer if kto else CustomWPOTrainer)(
