@@ -1,8 +1,10 @@
 """The WPO loss equals the DPO stage's per-pair loss times the WPO weights, for each `pref_loss`."""
 
+import copy
+
 import pytest
 import torch
-from conftest import wpo_config
+from helpers.train import wpo_config
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +33,19 @@ def setup(assets, tmp_path_factory):
     collator = PairwiseDataCollatorWithLogps(template=template, pad_to_multiple_of=8, **tokenizer_module)
     batch = collator([dataset["train_dataset"][i] for i in range(4)])
     return {
-        "args": (training_args, finetuning_args),
+        "args": (training_args, finetuning_args, data_args),
         "model_args": model_args,
-        "data_args": data_args,
         "tokenizer_module": tokenizer_module,
         "policy": policy.eval(),
         "ref": ref.eval(),
         "batch": batch,
     }
+
+
+@pytest.fixture
+def args(setup):
+    r"""This test's own copy of the training, fine-tuning and data arguments, which it may change."""
+    return copy.deepcopy(setup["args"])
 
 
 def _sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,10 +91,10 @@ def _per_pair_loss(trainer, loss_type, policy, ref, avg_policy):
     + [("apo_down", 0.0), ("bco_pair", 0.0)],
 )
 @pytest.mark.parametrize("alignment, weighting", [("sampled", "pair"), ("greedy", "chosen"), ("none", "rejected")])
-def test_loss_is_stock_per_pair_loss_times_weights(setup, loss_type, smoothing, alignment, weighting):
+def test_loss_is_stock_per_pair_loss_times_weights(setup, args, loss_type, smoothing, alignment, weighting):
     from llamafactory_wspo.train.wpo.trainer import CustomWPOTrainer
 
-    training_args, finetuning_args = setup["args"]
+    training_args, finetuning_args, _ = args
     finetuning_args.dpo_label_smoothing = smoothing
     finetuning_args.pref_loss, finetuning_args.wpo_alignment, finetuning_args.wpo_weighting = (
         loss_type,
@@ -119,42 +126,63 @@ def test_loss_is_stock_per_pair_loss_times_weights(setup, loss_type, smoothing, 
     assert metrics["wpo/weight_min"] == pytest.approx(pair_w.min().item(), rel=1e-4)
 
 
+def _rejected_first(kto_loss):
+    r"""TRL's ``kto_loss`` with its losses concatenated the other way round: undesirable outputs first."""
+
+    def loss(policy_chosen, policy_rejected, policy_kl, ref_chosen, ref_rejected, ref_kl):
+        chosen = kto_loss(policy_chosen, policy_rejected[:0], policy_kl, ref_chosen, ref_rejected[:0], ref_kl)
+        rejected = kto_loss(policy_chosen[:0], policy_rejected, policy_kl, ref_chosen[:0], ref_rejected, ref_kl)
+        return torch.cat([rejected[0], chosen[0]]), chosen[1], rejected[2], chosen[3]
+
+    return loss
+
+
+@pytest.mark.parametrize("order", ["trl", "rejected_first"])
 @pytest.mark.parametrize("alignment", ["sampled", "none"])
-def test_kto_form_is_stock_kto_terms_times_normalised_weights(setup, assets, alignment):
+def test_kto_form_is_stock_kto_terms_times_normalised_weights(setup, args, assets, alignment, order):
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
 
     from llamafactory_wspo.data import KTODataCollatorWithLogps
     from llamafactory_wspo.losses import wpo_unpaired_weights
-    from llamafactory_wspo.train.wpo.trainer import CustomWPOKTOTrainer
+    from llamafactory_wspo.train.wpo.kto_trainer import CustomWPOKTOTrainer
 
-    training_args, finetuning_args = setup["args"]
+    training_args, finetuning_args, data_args = args
     finetuning_args.pref_loss, finetuning_args.wpo_alignment, finetuning_args.use_ref_model = "kto", alignment, True
+    finetuning_args.pref_ftx = 0.3
     tokenizer_module = setup["tokenizer_module"]
-    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], setup["data_args"])
-    setup["data_args"].dataset = ["tiny_kto"]
-    dataset = get_dataset(template, setup["model_args"], setup["data_args"], training_args, "kto", **tokenizer_module)
+    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    data_args.dataset = ["tiny_kto"]
+    dataset = get_dataset(template, setup["model_args"], data_args, training_args, "kto", **tokenizer_module)
     rows = [dataset["train_dataset"][i] for i in (0, 1, 2)]  # desirable, undesirable, desirable
     batch = KTODataCollatorWithLogps(template=template, pad_to_multiple_of=8, **tokenizer_module)(rows)
     policy, ref = setup["policy"], setup["ref"]
     trainer = CustomWPOKTOTrainer(
         model=policy, ref_model=ref, args=training_args, finetuning_args=finetuning_args, **tokenizer_module
     )
-    with torch.no_grad():
-        loss, _ = trainer.get_batch_loss_metrics(policy, {k: v.clone() for k, v in batch.items()})
+    if order == "rejected_first":  # the loss must not depend on how TRL concatenates the two groups
+        trainer.kto_loss = _rejected_first(trainer.kto_loss)
 
+    with torch.no_grad():
+        loss, metrics = trainer.get_batch_loss_metrics(policy, {k: v.clone() for k, v in batch.items()})
+
+    # KTO (Ethayarajh et al., 2024, Eq. 8) in float64: v = 1 - sigmoid(beta (r - z0)) for a desirable output,
+    # 1 - sigmoid(beta (z0 - r)) for an undesirable one, with r the log-ratio and z0 the clamped batch KL.
     kl_batch = {key: batch[f"kl_{key}"] for key in ("input_ids", "attention_mask", "labels")}
-    policy_sum, _, weights = _sequence_logps(policy, batch)
+    policy_sum, policy_avg, weights = _sequence_logps(policy, batch)
     ref_sum, _, _ = _sequence_logps(ref, batch)
     policy_kl, _, _ = _sequence_logps(policy, kl_batch)
     ref_kl, _, _ = _sequence_logps(ref, kl_batch)
     tags = batch["kto_tags"]
-    terms, _, _, _ = trainer.kto_loss(
-        *(x.float() for x in (policy_sum[tags], policy_sum[~tags], policy_kl, ref_sum[tags], ref_sum[~tags], ref_kl))
-    )
-    w = wpo_unpaired_weights(weights[alignment], tags)
+    z0 = (policy_kl - ref_kl).mean().clamp(min=0)
+    margin = trainer.beta * (policy_sum - ref_sum - z0)
+    terms = torch.where(tags, 1 - torch.sigmoid(margin), 1 - torch.sigmoid(-margin))
+    w = wpo_unpaired_weights(weights[alignment], tags).double()
     n, n_desirable = len(tags), int(tags.sum())
     assert 0 < n_desirable < n
-    desirable = (w[tags] * terms[:n_desirable]).sum() * n_desirable / n
-    undesirable = (w[~tags] * terms[n_desirable:]).sum() * (n - n_desirable) / n
-    expected = desirable + undesirable
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    share = torch.where(tags, n_desirable / n, (n - n_desirable) / n)
+    sft = -policy_avg[tags].mean() * n / n_desirable
+    expected = (w * share * terms).sum() + 0.3 * sft
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert metrics["kl"] == pytest.approx(z0.item(), rel=1e-5, abs=1e-7)
+    assert metrics["rewards/chosen_sum"] == pytest.approx((margin + trainer.beta * z0)[tags].sum().item(), rel=1e-5)
+    assert metrics["count/rejected"] == n - n_desirable

@@ -15,63 +15,65 @@ from llamafactory.data import (
     PairwiseDataCollatorWithPadding,
     SFTDataCollatorWith4DAttentionMask,
 )
+from typing_extensions import override
 
 from ..losses import response_mask
-from ..precompute import LogpsStore, example_uid
+from ..precompute import KL_PREFIX, LogpsStore, example_uid
 
 
-def attach_logps(
-    batch: dict[str, torch.Tensor], store: LogpsStore | None, uids: Sequence[int], prefix: str = ""
-) -> None:
-    r"""Add the stored columns of ``uids`` to ``batch``, aligned with ``batch[prefix + "labels"]``."""
-    if store is not None:
-        values = store.gather(uids, response_mask(batch[f"{prefix}labels"]))
-        batch.update({f"{prefix}{name}": value for name, value in values.items()})
+class _StoredColumnsMixin:
+    r"""The LLaMA-Factory collator that follows in the bases, plus the stored columns of each row (``store``)."""
+
+    store: LogpsStore | None
+
+    def row_uids(self, features: list[dict[str, Any]]) -> dict[str, list[int]]:
+        r"""The uids of the batch's rows in their order, by column prefix (``""``, or ``KL_PREFIX`` for KL rows)."""
+        raise NotImplementedError
+
+    @override
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        uids = self.row_uids(features)  # before the host's collator, which may change the features
+        batch = super().__call__(features)
+        if self.store is not None:
+            for prefix, prefix_uids in uids.items():
+                values = self.store.gather(prefix_uids, response_mask(batch[f"{prefix}labels"]))
+                batch.update({f"{prefix}{name}": value for name, value in values.items()})
+
+        return batch
+
+
+def _uids(features: Sequence[dict[str, Any]], prefix: str = "") -> list[int]:
+    return [example_uid(feature[f"{prefix}input_ids"], feature[f"{prefix}labels"]) for feature in features]
 
 
 @dataclass
-class SFTDataCollatorWithLogps(SFTDataCollatorWith4DAttentionMask):
+class SFTDataCollatorWithLogps(_StoredColumnsMixin, SFTDataCollatorWith4DAttentionMask):
     r"""LLaMA-Factory's SFT collator, plus the stored per-token values of each example."""
 
     store: LogpsStore | None = None
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        uids = [example_uid(feature["input_ids"], feature["labels"]) for feature in features]
-        batch = super().__call__(features)
-        attach_logps(batch, self.store, uids)
-        return batch
+    @override
+    def row_uids(self, features: list[dict[str, Any]]) -> dict[str, list[int]]:
+        return {"": _uids(features)}
 
 
 @dataclass
-class PairwiseDataCollatorWithLogps(PairwiseDataCollatorWithPadding):
+class PairwiseDataCollatorWithLogps(_StoredColumnsMixin, PairwiseDataCollatorWithPadding):
     r"""LLaMA-Factory's pairwise collator (chosen rows, then rejected rows), plus the stored values of each row."""
 
     store: LogpsStore | None = None
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        uids = [
-            example_uid(feature[f"{side}_input_ids"], feature[f"{side}_labels"])
-            for side in ("chosen", "rejected")
-            for feature in features
-        ]
-        batch = super().__call__(features)
-        attach_logps(batch, self.store, uids)
-        return batch
+    @override
+    def row_uids(self, features: list[dict[str, Any]]) -> dict[str, list[int]]:
+        return {"": _uids(features, "chosen_") + _uids(features, "rejected_")}
 
 
 @dataclass
-class KTODataCollatorWithLogps(KTODataCollatorWithPadding):
-    r"""LLaMA-Factory's KTO collator, plus the stored values of each target and each KL row (``kl_`` prefix)."""
+class KTODataCollatorWithLogps(_StoredColumnsMixin, KTODataCollatorWithPadding):
+    r"""LLaMA-Factory's KTO collator, plus the stored values of each target and each KL row (``KL_PREFIX``)."""
 
     store: LogpsStore | None = None
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        uids = {
-            prefix: [example_uid(feature[f"{prefix}input_ids"], feature[f"{prefix}labels"]) for feature in features]
-            for prefix in ("", "kl_")
-        }
-        batch = super().__call__(features)
-        for prefix, prefix_uids in uids.items():
-            attach_logps(batch, self.store, prefix_uids, prefix)
-
-        return batch
+    @override
+    def row_uids(self, features: list[dict[str, Any]]) -> dict[str, list[int]]:
+        return {prefix: _uids(features, prefix) for prefix in ("", KL_PREFIX)}

@@ -1,38 +1,30 @@
 """``CustomWPOTrainer``: LLaMA-Factory's DPO trainer with WPO's pair weights."""
 
-import json
-import os
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from llamafactory.train.dpo.trainer import CustomDPOTrainer
-from llamafactory.train.kto.trainer import CustomKTOTrainer
 from llamafactory.train.trainer_utils import nested_detach
 from typing_extensions import override
 
-from ...losses import (
-    policy_logps_and_alignment,
-    response_mask,
-    wpo_pair_weight,
-    wpo_sequence_weight,
-    wpo_unpaired_weights,
-)
+from ...losses import policy_logps_and_alignment, response_mask, wpo_pair_weight, wpo_sequence_weight
+from ...precompute import REF_LOGPS
+from ..callbacks import WPOWeightsCallback
+from ..metrics import PreferenceMetricsMixin
 
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-WEIGHTS_LOG = "wpo_weights.jsonl"
 _AVERAGED_LOSSES = ("ipo", "orpo", "simpo")  # as in the DPO stage: average, not summed, log-probs
 
 
-class CustomWPOTrainer(CustomDPOTrainer):
+class CustomWPOTrainer(PreferenceMetricsMixin, CustomDPOTrainer):
     r"""Every ``pref_loss`` of the DPO stage, each pair's term multiplied by its WPO weight.
 
     The weight comes from the policy's own logits in the forward pass that the loss needs anyway, without
-    gradient. With precomputed reference log-probs (``ref_logps`` in the batch) no reference model runs.
+    gradient. With precomputed reference log-probs (``REF_LOGPS`` in the batch) no reference model runs.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -43,6 +35,10 @@ class CustomWPOTrainer(CustomDPOTrainer):
             from trl.trainer import RunningMoments
 
             self.running = RunningMoments(self.accelerator)
+
+        self.weights_callback = WPOWeightsCallback(self.accelerator) if self.finetuning_args.plot_loss else None
+        if self.weights_callback is not None:
+            self.add_callback(self.weights_callback)
 
     @override
     def concatenated_forward(
@@ -57,9 +53,8 @@ class CustomWPOTrainer(CustomDPOTrainer):
         token_logps, aligned, mask = policy_logps_and_alignment(logits, labels, alignment)
         output = self._sequence_outputs(token_logps, mask)
         if not is_ref_model:
-            weights = wpo_sequence_weight(aligned, mask)
+            output["weights"] = wpo_sequence_weight(aligned, mask)  # chosen rows, then rejected rows
             batch_size = labels.size(0) // 2
-            output["chosen_weights"], output["rejected_weights"] = weights.split(batch_size, dim=0)
             with torch.no_grad():
                 output["chosen_logits"], output["rejected_logits"] = (
                     logits.detach().mean(dim=(1, 2)).float().split(batch_size, dim=0)
@@ -106,7 +101,7 @@ class CustomWPOTrainer(CustomDPOTrainer):
         batch: dict[str, torch.Tensor],
         train_eval: Literal["train", "eval"] = "train",
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        ref_logps = batch.pop("ref_logps", None)
+        ref_logps = batch.pop(REF_LOGPS, None)
         if ref_logps is not None and self.finetuning_args.use_ref_model:
             ref_chosen_logps, ref_rejected_logps = self._precomputed_reference(ref_logps, batch["labels"])
         else:
@@ -116,7 +111,8 @@ class CustomWPOTrainer(CustomDPOTrainer):
         losses, chosen_rewards, rejected_rewards = self.compute_preference_loss(
             output["chosen_logps"], output["rejected_logps"], ref_chosen_logps, ref_rejected_logps
         )
-        weights = wpo_pair_weight(output["chosen_weights"], output["rejected_weights"], self.weighting)
+        chosen_weights, rejected_weights = output["weights"].chunk(2)
+        weights = wpo_pair_weight(chosen_weights, rejected_weights, self.weighting)
         losses = weights * losses
         sft_loss = -output["chosen_logps_avg"]
         if self.ftx_gamma > 1e-6:
@@ -136,155 +132,8 @@ class CustomWPOTrainer(CustomDPOTrainer):
             f"{prefix}wpo/weight_min": weights.min().item(),
             f"{prefix}wpo/weight_max": weights.max().item(),
         }
-        if train_eval == "train":
-            record_weights(self, output["chosen_weights"], output["rejected_weights"])
+        if train_eval == "train" and self.weights_callback is not None:
+            rows = torch.arange(len(output["weights"]), device=output["weights"].device)
+            self.weights_callback.add(output["weights"], chosen=rows < len(chosen_weights))
 
         return losses.mean(), metrics
-
-
-def record_weights(trainer, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
-    r"""With ``plot_loss``, append the step's sequence weights (all ranks) to ``output_dir/wpo_weights.jsonl``."""
-    if not trainer.finetuning_args.plot_loss:
-        return
-
-    chosen = trainer.accelerator.gather_for_metrics(chosen.detach().float())
-    rejected = trainer.accelerator.gather_for_metrics(rejected.detach().float())
-    if trainer.is_world_process_zero():
-        os.makedirs(trainer.args.output_dir, exist_ok=True)
-        record = {"step": trainer.state.global_step, "chosen": chosen.tolist(), "rejected": rejected.tolist()}
-        with open(os.path.join(trainer.args.output_dir, WEIGHTS_LOG), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-class CustomWPOKTOTrainer(CustomKTOTrainer):
-    r"""The KTO form of WPO (``pref_loss: kto``): each output's KTO term is weighted by its own ``w(x, y)``.
-
-    Within a batch the weights of the desirable outputs are normalised to sum to 1, and so are those of the
-    undesirable outputs; each group keeps the share of the loss it has in stock KTO, so uniform weights give
-    exactly the stock KTO loss.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.alignment = self.finetuning_args.wpo_alignment
-        self._weights: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
-
-    def _sequence_logps(
-        self, model: "PreTrainedModel", batch: dict[str, torch.Tensor], prefix: str, alignment: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        inputs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"]}
-        logits = model(**inputs, return_dict=True, use_cache=False).logits
-        token_logps, aligned, mask = policy_logps_and_alignment(logits, batch[f"{prefix}labels"], alignment)
-        logps = token_logps.sum(-1)
-        mean_logits = logits.detach().mean(dim=(1, 2)).float()
-        return logps, logps / mask.sum(-1).clamp(min=1), mean_logits, wpo_sequence_weight(aligned, mask)
-
-    @override
-    def concatenated_forward(self, model: "PreTrainedModel", batch: dict[str, torch.Tensor]):
-        logps, logps_avg, logits, weights = self._sequence_logps(model, batch, "", self.alignment)
-        with torch.no_grad():
-            kl_logps, _, _, _ = self._sequence_logps(model, batch, "kl_", "none")
-
-        tags = batch["kto_tags"]
-        return logps[tags], logps[~tags], logits[tags], logits[~tags], kl_logps, logps_avg[tags], weights
-
-    @override
-    def compute_reference_log_probs(self, model: "PreTrainedModel", batch: dict[str, torch.Tensor]):
-        tags = batch["kto_tags"]
-        if "ref_logps" in batch:  # precomputed
-            target = (batch["ref_logps"].float() * response_mask(batch["labels"])).sum(-1)
-            kl = (batch["kl_ref_logps"].float() * response_mask(batch["kl_labels"])).sum(-1)
-            return target[tags], target[~tags], kl
-
-        if self.ref_model is None:
-            ref_model, ref_context = model, self.accelerator.unwrap_model(model).disable_adapter()
-        else:
-            ref_model, ref_context = self.ref_model, nullcontext()
-
-        with torch.no_grad(), ref_context:
-            target, _, _, _ = self._sequence_logps(ref_model, batch, "", "none")
-            kl, _, _, _ = self._sequence_logps(ref_model, batch, "kl_", "none")
-
-        return target[tags], target[~tags], kl
-
-    @override
-    def get_batch_loss_metrics(self, model: "PreTrainedModel", batch: dict[str, torch.Tensor]):
-        train_eval = "train" if model.training else "eval"
-        reference = self.compute_reference_log_probs(model, batch)
-        for key in ("ref_logps", "kl_ref_logps"):
-            batch.pop(key, None)
-
-        chosen, rejected, chosen_logits, rejected_logits, kl_logps, chosen_avg, weights = self.concatenated_forward(
-            model, batch
-        )
-        losses, chosen_rewards, rejected_rewards, kl = self.kto_loss(chosen, rejected, kl_logps, *reference)
-        tags = batch["kto_tags"]
-        normalised = wpo_unpaired_weights(weights, tags)
-        # TRL orders the losses desirable first; each group keeps its stock share n_group / n of the loss.
-        scale = torch.cat([normalised[tags] * tags.sum(), normalised[~tags] * (~tags).sum()]) / len(tags)
-        loss = (scale.to(losses.device) * losses).nansum()
-        if self.ftx_gamma > 1e-6 and len(chosen) > 0:
-            loss = loss + self.ftx_gamma * (-chosen_avg).nanmean() / len(chosen) * len(tags)
-
-        metrics = {"kl": kl.item()}
-        for side, rewards, logps, logits in (
-            ("chosen", chosen_rewards, chosen, chosen_logits),
-            ("rejected", rejected_rewards, rejected, rejected_logits),
-        ):
-            if len(rewards) > 0:
-                metrics[f"rewards/{side}_sum"] = rewards.nansum().item()
-                metrics[f"logps/{side}_sum"] = logps.nansum().item()
-                metrics[f"logits/{side}_sum"] = logits.nansum().item()
-                metrics[f"count/{side}"] = float(len(rewards))
-
-        self._weights[train_eval].append(self.accelerator.gather_for_metrics(weights.detach().float()))
-        if train_eval == "train":
-            record_weights(self, weights[tags], weights[~tags])
-
-        return loss, metrics
-
-    @override
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        train_eval = "train" if "loss" in logs else "eval"
-        prefix = "eval_" if train_eval == "eval" else ""
-        if self._weights[train_eval]:
-            weights = torch.cat(self._weights[train_eval])
-            logs[f"{prefix}wpo/weight_mean"] = weights.mean().item()
-            logs[f"{prefix}wpo/weight_min"] = weights.min().item()
-            logs[f"{prefix}wpo/weight_max"] = weights.max().item()
-            self._weights[train_eval] = []
-
-        return super().log(logs, *args, **kwargs)
-
-
-def plot_weights(output_dir: str) -> str | None:
-    r"""Histograms of the chosen and rejected sequence weights early and late in training (cf. the WPO paper's Fig. 2)."""
-    import matplotlib.pyplot as plt
-
-    path = os.path.join(output_dir, WEIGHTS_LOG)
-    if not os.path.isfile(path):
-        return None
-
-    with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-
-    half = max(1, len(records) // 2)
-    phases = {"first half of training": records[:half], "second half of training": records[half:] or records[:half]}
-    plt.switch_backend("agg")
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, (title, part) in zip(axes, phases.items()):
-        for side, color in (("chosen", "#1f77b4"), ("rejected", "#d62728")):
-            values = torch.tensor([w for record in part for w in record[side]]).clamp(min=1e-30).log10()
-            ax.hist(values.numpy(), bins=30, alpha=0.5, color=color, label=f"{side} (n={values.numel()})")
-
-        ax.set_title(title)
-        ax.set_xlabel("log10 w(x, y)")
-        ax.legend()
-
-    axes[0].set_ylabel("count")
-    figure.suptitle(f"WPO sequence weights of {output_dir}")
-    figure.tight_layout()
-    figure_path = os.path.join(output_dir, "training_wpo_weights.png")
-    figure.savefig(figure_path, format="png", dpi=100)
-    plt.close(figure)
-    return figure_path

@@ -12,14 +12,18 @@ from ...data import (
     KTODataCollatorWithLogps,
     PairwiseDataCollatorWithLogps,
     SFTDataCollatorWithLogps,
+    drop_unscored,
     kto_rows,
+    max_token_id,
     select_responses,
 )
-from ...frozen import check_vocabularies, frozen_models
+from ...extras.ploting import plot_wpo_weights
+from ...frozen import check_embedding_sizes, check_vocabularies, frozen_models
 from ...logging import get_logger
 from ...precompute import REF_LOGPS
 from ..trainer_utils import check_model_paths, precompute_frozen_logps, train_and_evaluate
-from .trainer import CustomWPOKTOTrainer, CustomWPOTrainer, plot_weights
+from .kto_trainer import CustomWPOKTOTrainer
+from .trainer import CustomWPOTrainer
 
 
 if TYPE_CHECKING:
@@ -73,6 +77,9 @@ def run_wpo(
     dataset_module = get_dataset(
         template, model_args, data_args, training_args, stage="kto" if kto else "rm", **tokenizer_module
     )
+    label_columns = ("labels",) if kto else ("chosen_labels", "rejected_labels")
+    dataset_module = drop_unscored(dataset_module, label_columns, data_args.cutoff_len)
+    check_embedding_sizes(frozen, max_token_id(dataset_module), len(tokenizer))
     storage_dtype = model_args.compute_dtype or torch.float32
     precompute = finetuning_args.precompute_logps and finetuning_args.use_ref_model
     logger.info_rank0(
@@ -130,6 +137,6 @@ def run_wpo(
         finetuning_args,
         plot_keys=["loss", "rewards/chosen" if kto else "rewards/accuracies", "wpo/weight_mean"],
         tps_stage="sft" if kto else "rm",  # a KTO row holds one sequence in `input_ids`
-        plot_extra=plot_weights,
+        plot_extra=plot_wpo_weights,
         drop_eval_rewards=id(model) == id(ref_model),
     )

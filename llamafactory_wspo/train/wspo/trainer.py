@@ -1,18 +1,17 @@
 """``CustomWSPOTrainer``: LLaMA-Factory's ``CustomTrainer`` with the WSPO loss."""
 
-from collections import defaultdict
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
-from llamafactory.train.dpo.trainer import CustomDPOTrainer
 from llamafactory.train.pt.trainer import CustomTrainer
 from trl.models.utils import prepare_deepspeed
 from trl.trainer.utils import disable_dropout_in_model
 from typing_extensions import override
 
 from ...losses import sft_loss, wspo_loss
-from ...precompute import model_token_logps
+from ...precompute import REF_LOGPS, WEAK_SHIFT, model_token_logps
+from ..metrics import PreferenceMetricsMixin
 
 
 if TYPE_CHECKING:
@@ -21,22 +20,22 @@ if TYPE_CHECKING:
     from ...hparams import WSPOArguments
 
 
-WSPO_COLUMNS = ("ref_logps", "weak_shift")
+WSPO_COLUMNS = (REF_LOGPS, WEAK_SHIFT)
 
 
 def wspo_targets(logps: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     r"""The constant per-token parts of the WSPO loss, stored in the run's ``dtype``.
 
-    ``weak_shift`` is ``w_t = log pi_w*(y_t) - log pi_w0(y_t)`` (taken in float32, then cast) and
-    ``ref_logps`` is ``log pi_ref(y_t)``.
+    ``WEAK_SHIFT`` is ``w_t = log pi_w*(y_t) - log pi_w0(y_t)`` (taken in float32, then cast) and
+    ``REF_LOGPS`` is ``log pi_ref(y_t)``.
     """
     return {
-        "ref_logps": logps["ref"].to(dtype),
-        "weak_shift": (logps["weak_aligned"] - logps["weak_base"]).to(dtype),
+        REF_LOGPS: logps["ref"].to(dtype),
+        WEAK_SHIFT: (logps["weak_aligned"] - logps["weak_base"]).to(dtype),
     }
 
 
-class CustomWSPOTrainer(CustomTrainer):
+class CustomWSPOTrainer(PreferenceMetricsMixin, CustomTrainer):
     r"""Trains the strong policy to reproduce ``weak_shift / gamma`` as its per-token log-ratio.
 
     With precomputed columns in the batch, only the policy runs. Otherwise the weak models (and the
@@ -58,7 +57,6 @@ class CustomWSPOTrainer(CustomTrainer):
         self.gamma = finetuning_args.pref_beta
         self.ftx = finetuning_args.pref_ftx
         self.storage_dtype = storage_dtype
-        self._stored_metrics = defaultdict(lambda: defaultdict(list))
         self.frozen_models = {
             name: self._prepare_frozen(model)
             for name, model in (
@@ -103,8 +101,8 @@ class CustomWSPOTrainer(CustomTrainer):
             targets = self.compute_targets(model, batch)
 
         policy_logps, mask = model_token_logps(model, batch)
-        ref_logps = targets["ref_logps"].float()
-        weak_shift = targets["weak_shift"].float()
+        ref_logps = targets[REF_LOGPS].float()
+        weak_shift = targets[WEAK_SHIFT].float()
         fit = wspo_loss(policy_logps, ref_logps, weak_shift, mask, self.gamma)
         losses = fit
         if self.ftx > 1e-6:
@@ -124,8 +122,7 @@ class CustomWSPOTrainer(CustomTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         train_eval = "train" if model.training else "eval"
         loss, metrics = self.get_batch_loss_metrics(model, inputs, train_eval)
-        for key, value in metrics.items():
-            self._stored_metrics[train_eval][key].append(value)
+        self.store_metrics(metrics, train_eval)
 
         return (loss, None) if return_outputs else loss
 
@@ -136,6 +133,3 @@ class CustomWSPOTrainer(CustomTrainer):
             loss = self.compute_loss(model, inputs)
 
         return loss.detach(), None, None
-
-    # Averages the stored metrics across steps and ranks exactly as LLaMA-Factory's DPO stage does.
-    log = CustomDPOTrainer.log
