@@ -2,11 +2,29 @@
 
 :class:`PluginArguments` is a mixin: :mod:`llamafactory_wspo.integration` combines it with
 LLaMA-Factory's ``FinetuningArguments`` so that YAML keys and ``--key value`` flags both work.
-The WSPO hyper-parameter γ is LLaMA-Factory's ``pref_beta`` and the optional SFT term is
-``pref_ftx``, so the authors' recipes run unchanged; WPO reuses the DPO stage's arguments
-(``pref_loss``, ``pref_beta``, ``pref_ftx``, ``dpo_label_smoothing``, ``ref_model``). The ``grpo``
-stage (online RL with rule-based rewards, for the weak model's length alignment of the XSUM
-experiment) has its own ``grpo_*`` and ``length_reward_*`` fields.
+As in TRL's configs, each help string names the paper (and, where confirmed, the equation or
+section) that its argument comes from:
+
+* WSPO: Zhu et al., "Weak-to-Strong Preference Optimization: Stealing Reward from Weak Aligned
+  Model", ICLR 2025, arXiv:2410.18640. Its loss, per example, is the mean over the response tokens
+  ``y_t`` of ``(γ · s_t - w_t)²``, where ``s_t = log π_θ(y_t) - log π_ref(y_t)`` is the strong
+  model's shift from its reference and ``w_t = log π_w*(y_t) - log π_w⁰(y_t)`` the weak model's
+  alignment shift (``π_w⁰`` before, ``π_w*`` after its alignment).
+* WPO: Zhou et al., "WPO: Enhancing RLHF with Weighted Preference Optimization", EMNLP 2024,
+  arXiv:2406.11827. The weighted loss is Eq. (1) (Sec. 3.2), the sampled-alignment weight Eq. (2)
+  and the greedy one Sec. 3.3, the variants WPO_w and WPO_l Sec. 4.3, unpaired (KTO) data Sec. 4.2.
+* GRPO: Shao et al., "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language
+  Models", 2024, arXiv:2402.03300. The objective is Eq. (3), its KL estimator Eq. (4), the
+  group-normalised rewards Sec. 4.1.2, the published settings Sec. 4.2.
+
+WSPO's one hyper-parameter γ is LLaMA-Factory's ``pref_beta`` (for ``stage: wspo``, ``pref_beta``
+is γ: at the optimum ``γ · s_t = w_t``, so a smaller γ amplifies the weak model's alignment; the
+authors' recipes set 0.1), and the optional SFT term ``pref_ftx · (-(1/T) Σ_t log π_θ(y_t))`` is
+weighted by ``pref_ftx``, so the authors' recipes run unchanged. WPO reuses the DPO stage's
+arguments (``pref_loss``, ``pref_beta``: β of the preference loss, ``pref_ftx``,
+``dpo_label_smoothing``, ``ref_model``). The ``grpo`` stage (online RL with rule-based rewards,
+for the weak model's length alignment of the WSPO paper's XSUM experiment) has its own ``grpo_*``
+and ``length_reward_*`` fields.
 """
 
 import os
@@ -29,25 +47,31 @@ WPO_PREF_LOSSES = (
 
 @dataclass
 class WSPOArguments:
-    r"""Arguments of the ``wspo`` stage (Weak-to-Strong Preference Optimization)."""
+    r"""Arguments of the ``wspo`` stage (WSPO, Zhu et al., ICLR 2025, arXiv:2410.18640); γ is ``pref_beta``."""
 
     weak_base_model: str | None = field(
         default=None,
         metadata={
-            "help": "Path or hub id of the weak model before its alignment (pi_w^0). Required for `stage: wspo`."
+            "help": "Path or hub id of the weak model before its alignment, π_w⁰ (e.g. its SFT model): the "
+            "reference of the weak alignment shift w_t = log π_w*(y_t) - log π_w⁰(y_t) in the WSPO loss "
+            "mean_t (γ·s_t - w_t)² (Zhu et al., ICLR 2025, arXiv:2410.18640; γ is `pref_beta`). "
+            "Required for `stage: wspo`."
         },
     )
     weak_aligned_model: str | None = field(
         default=None,
         metadata={
-            "help": "Path or hub id of the weak model after its alignment, e.g. by DPO or PPO (pi_w*). "
-            "Required for `stage: wspo`."
+            "help": "Path or hub id of the weak model after its alignment, e.g. by DPO or PPO, π_w*: the aligned "
+            "side of the weak alignment shift w_t = log π_w*(y_t) - log π_w⁰(y_t) that the WSPO loss "
+            "mean_t (γ·s_t - w_t)² transfers to the strong model (Zhu et al., ICLR 2025, arXiv:2410.18640; "
+            "γ is `pref_beta`). Required for `stage: wspo`."
         },
     )
     wspo_response: Literal["chosen", "rejected", "both"] = field(
         default="chosen",
         metadata={
-            "help": "Which responses of a pairwise (ranking) data set WSPO trains on: `chosen`, `rejected` or `both`. "
+            "help": "Which responses y of a pairwise (ranking) data set the WSPO loss is computed on: `chosen` (what "
+            "the authors of WSPO, Zhu et al., ICLR 2025, arXiv:2410.18640, train on), `rejected` or `both`. "
             "SFT-format data sets always use their single response."
         },
     )
@@ -68,20 +92,28 @@ class WSPOArguments:
 
 @dataclass
 class WPOArguments:
-    r"""Arguments of the ``wpo`` stage (Weighted Preference Optimization)."""
+    r"""Arguments of the ``wpo`` stage (WPO, Zhou et al., EMNLP 2024, arXiv:2406.11827).
+
+    The loss of a pair, ``pref_loss`` (β: ``pref_beta``), is weighted by how likely the policy is to produce it
+    (Eq. (1)); the weight of an output is ``w(x, y) = exp((1/|y|) Σ_t a_t)`` with ``a_t`` set by ``wpo_alignment``.
+    """
 
     wpo_alignment: Literal["sampled", "greedy", "none"] = field(
         default="sampled",
         metadata={
-            "help": "How the WPO weight aligns a token's log-prob with the policy's own outputs: `sampled` "
-            "(subtract log sum_v p_v^2), `greedy` (subtract log max_v p_v) or `none`."
+            "help": "Weight alignment of WPO (Zhou et al., EMNLP 2024, arXiv:2406.11827, Sec. 3.3): the term a_t "
+            "of the weight w(x, y) = exp((1/|y|) Σ_t a_t) is log π_θ(y_t) minus log Σ_v π_θ(v)² for `sampled` "
+            "(Eq. (2), the paper's default), minus log max_v π_θ(v) for `greedy`, and log π_θ(y_t) alone for "
+            "`none` (the unaligned weight of Sec. 3.2)."
         },
     )
     wpo_weighting: Literal["pair", "chosen", "rejected"] = field(
         default="pair",
         metadata={
-            "help": "Which weights a pair's loss carries: `pair` (WPO, w(y_w) * w(y_l)), `chosen` (WPO_w, w(y_w)) "
-            "or `rejected` (WPO_l, w(y_l)); always clamped at 1."
+            "help": "Which weights a pair's loss carries (Zhou et al., EMNLP 2024, arXiv:2406.11827): `pair` "
+            "(WPO, w(x, y_w)·w(x, y_l), Eq. (1)), `chosen` (WPO_w, w(x, y_w)) or `rejected` (WPO_l, w(x, y_l)), "
+            "the variants of Sec. 4.3; detached and clamped at 1 as in the authors' code. Not used by "
+            "`pref_loss: kto`, where each output carries its own weight, normalised per batch as in Sec. 4.2."
         },
     )
 
@@ -105,12 +137,19 @@ class WPOArguments:
 
 @dataclass
 class GRPOArguments:
-    r"""Arguments of the ``grpo`` stage: online RL with TRL's ``GRPOTrainer`` and rewards named in YAML."""
+    r"""Arguments of the ``grpo`` stage: online RL with TRL's ``GRPOTrainer`` and rewards named in YAML.
+
+    GRPO is Shao et al., DeepSeekMath, arXiv:2402.03300, Eq. (3); the ``length`` reward is the summary-length reward
+    of the XSUM experiment of WSPO (Zhu et al., ICLR 2025, arXiv:2410.18640), in which the weak model is aligned to
+    a length range before WSPO transfers that alignment (see :mod:`llamafactory_wspo.rewards`).
+    """
 
     grpo_reward_funcs: str = field(
         default="length",
         metadata={
-            "help": "Comma-separated reward functions: `length` (the summary-length reward, see "
+            "help": "Comma-separated reward functions, giving the rewards r_i that GRPO normalises within each group "
+            "of outputs (Shao et al., DeepSeekMath, arXiv:2402.03300, Sec. 4.1.2): `length` (the summary-length "
+            "reward of the XSUM experiment of WSPO, Zhu et al., ICLR 2025, arXiv:2410.18640; see "
             "`length_reward_min`/`length_reward_max`), an importable `module:function` (or `module.function`) "
             "following TRL's reward-function signature `f(prompts, completions, **kwargs) -> list[float]`, or the "
             "path of a local sequence-classification reward model."
@@ -118,35 +157,53 @@ class GRPOArguments:
     )
     length_reward_min: int = field(
         default=20,
-        metadata={"help": "L_min of the length reward: the shortest in-range output, in words."},
+        metadata={
+            "help": "L_min of the length reward: the shortest in-range output, in words (20 in the XSUM experiment "
+            "of WSPO, Zhu et al., ICLR 2025, arXiv:2410.18640)."
+        },
     )
     length_reward_max: int = field(
         default=30,
-        metadata={"help": "L_max of the length reward: the longest in-range output, in words."},
+        metadata={
+            "help": "L_max of the length reward: the longest in-range output, in words (30 in the XSUM experiment "
+            "of WSPO, Zhu et al., ICLR 2025, arXiv:2410.18640)."
+        },
     )
     grpo_num_generations: int = field(
         default=8,
         metadata={
-            "help": "Outputs sampled per prompt (the group of GRPO). Must divide per_device_train_batch_size x "
+            "help": "G, the number of outputs sampled per prompt: the group of GRPO (Shao et al., DeepSeekMath, "
+            "arXiv:2402.03300, Eq. (3); 64 in Sec. 4.2). Must divide per_device_train_batch_size x "
             "number of processes x gradient_accumulation_steps."
         },
     )
     grpo_max_completion_length: int = field(
         default=64,
-        metadata={"help": "Maximum number of new tokens of a sampled output."},
+        metadata={
+            "help": "Maximum number of new tokens of a sampled output o_i of GRPO (Shao et al., DeepSeekMath, "
+            "arXiv:2402.03300, Eq. (3))."
+        },
     )
     grpo_temperature: float = field(
         default=1.0,
-        metadata={"help": "Sampling temperature of the outputs."},
+        metadata={
+            "help": "Sampling temperature of the outputs o_i ~ π_θ_old of GRPO (Shao et al., DeepSeekMath, "
+            "arXiv:2402.03300, Eq. (3))."
+        },
     )
     grpo_top_p: float = field(
         default=1.0,
-        metadata={"help": "Top-p of the sampling of the outputs."},
+        metadata={
+            "help": "Top-p of the sampling of the outputs o_i ~ π_θ_old of GRPO (Shao et al., DeepSeekMath, "
+            "arXiv:2402.03300, Eq. (3))."
+        },
     )
     grpo_beta: float = field(
         default=0.04,
         metadata={
-            "help": "Coefficient of the KL penalty towards the initial (reference) model; 0 loads no reference model."
+            "help": "β, the coefficient of the KL term towards the initial (reference) model in the GRPO objective "
+            "(Shao et al., DeepSeekMath, arXiv:2402.03300, Eq. (3), the KL estimated per token by Eq. (4); 0.04 in "
+            "Sec. 4.2). 0 loads no reference model."
         },
     )
 
@@ -179,26 +236,38 @@ class GRPOArguments:
 
 @dataclass
 class PrecomputeArguments:
-    r"""Where and how the frozen models' per-token log-probs are computed."""
+    r"""Where and how the frozen models' per-token log-probs are computed.
+
+    The frozen terms never change during training: WSPO's weak shift ``w_t`` and ``log π_ref(y_t)`` (Zhu et al.,
+    ICLR 2025, arXiv:2410.18640), and WPO's reference log-probs inside the preference loss of Eq. (1) (Zhou et al.,
+    EMNLP 2024, arXiv:2406.11827). Computing them once, before training, is an implementation choice of this plugin:
+    the losses are the same either way.
+    """
 
     precompute_logps: bool = field(
         default=True,
         metadata={
-            "help": "Compute the frozen models' per-token log-probs (WSPO: weak shift and reference; WPO: reference) "
-            "once before training and cache them on disk, so that training holds only the policy. `false` keeps "
-            "the frozen models in memory and computes the same values at every step."
+            "help": "Compute the frozen models' per-token log-probs once before training and cache them on disk, so "
+            "that training holds only the policy: for WSPO the weak shift w_t = log π_w*(y_t) - log π_w⁰(y_t) and "
+            "log π_ref(y_t) (Zhu et al., ICLR 2025, arXiv:2410.18640), for WPO the reference log-probs of the "
+            "preference loss in Eq. (1) (Zhou et al., EMNLP 2024, arXiv:2406.11827). `false` keeps the frozen "
+            "models in memory and computes the same values at every step."
         },
     )
     logps_cache_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Directory of the precomputed log-prob cache (a shared file system for multi-node runs). "
-            "Defaults to $LLAMAFACTORY_WSPO_CACHE or ~/.cache/llamafactory_wspo."
+            "help": "Directory of the precomputed log-prob cache of `precompute_logps` (a shared file system for "
+            "multi-node runs); an implementation setting, in no paper. Defaults to $LLAMAFACTORY_WSPO_CACHE or "
+            "~/.cache/llamafactory_wspo."
         },
     )
     precompute_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Batch size of the precompute pass. Defaults to `per_device_eval_batch_size`."},
+        metadata={
+            "help": "Batch size of the precompute pass of `precompute_logps`; an implementation setting, in no paper. "
+            "Defaults to `per_device_eval_batch_size`."
+        },
     )
 
     def get_logps_cache_dir(self) -> str:

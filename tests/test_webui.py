@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, ROOT, _free_port, base_env
+from helpers.train import BIN, ROOT, base_env, free_port
 
-from llamafactory_wspo import webui
+from llamafactory_wspo.webui.common import ELEM_ID_PREFIX, FIELDS
+from llamafactory_wspo.webui.locales import ERR_NO_WEAK_MODEL, LOCALES, TAB_LABELS, WSPO_PREF_BETA
 
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -38,11 +39,11 @@ def test_labels_in_every_language_of_llamaboard():
 
     languages = set(HOST_LOCALES["training_stage"])
     assert languages == {"en", "ru", "zh", "ko", "ja"}
-    tables = [*webui.LOCALES.values(), *webui.TAB_LABELS.values(), webui.WSPO_PREF_BETA, webui.ERR_NO_WEAK_MODEL]
+    tables = [*LOCALES.values(), *TAB_LABELS.values(), WSPO_PREF_BETA, ERR_NO_WEAK_MODEL]
     for table in tables:
         assert set(table) == languages
 
-    for key, table in webui.LOCALES.items():
+    for key, table in LOCALES.items():
         assert key not in HOST_LOCALES or HOST_LOCALES[key] is table  # new entries only, no stock label changed
         assert all(entry["label"] and entry["info"] for entry in table.values())
 
@@ -120,7 +121,7 @@ def board(assets, tmp_path_factory):
         pytest.skip("Chromium is not installed (`apt-get install -y chromium`; scripts/test.sh does it)")
 
     workdir = tmp_path_factory.mktemp("llamaboard")
-    port = _free_port()
+    port = free_port()
     env = base_env(
         GRADIO_ANALYTICS_ENABLED="False",
         GRADIO_SERVER_NAME="127.0.0.1",
@@ -199,7 +200,7 @@ class Board:
         return self.page.get_by_label(label, exact=exact).filter(visible=True)
 
     def plugin(self, key: str):
-        return self.page.locator(f"#{webui.ELEM_ID_PREFIX}{key}")
+        return self.page.locator(f"#{ELEM_ID_PREFIX}{key}")
 
     def pick(self, label: str, option: str, type_filter: bool = False) -> None:
         box = self.field(label)
@@ -365,10 +366,10 @@ def test_wspo_in_llamaboard(board_page, board, assets, tmp_path):
     for lang in ("ru", "zh", "ko", "ja", "en"):
         page.locator("input[role=listbox]").first.click()  # "Language", whatever its label reads now
         page.get_by_role("option", name=lang, exact=True).click()
-        expect(settings.get_by_role("button").first).to_contain_text(webui.TAB_LABELS["wspo"][lang])
+        expect(settings.get_by_role("button").first).to_contain_text(TAB_LABELS["wspo"][lang])
         for key in ("weak_base_model", "weak_aligned_model", "wspo_response", "precompute_logps"):
-            expect(ui.plugin(key)).to_contain_text(webui.LOCALES[key][lang]["label"])
-        beta_label = webui.WSPO_PREF_BETA[lang]["label"]
+            expect(ui.plugin(key)).to_contain_text(LOCALES[key][lang]["label"])
+        beta_label = WSPO_PREF_BETA[lang]["label"]
         expect(page.get_by_label(f"number input for {beta_label}", exact=True)).to_have_count(1)
 
     listed = ui.choose_dataset(assets / "data", "tiny_pairs")
@@ -376,7 +377,7 @@ def test_wspo_in_llamaboard(board_page, board, assets, tmp_path):
 
     # Without weak models LLaMA-Board refuses, with the plugin's message.
     ui.button("Preview command").click()
-    expect(ui.output_box()).to_have_text(webui.ERR_NO_WEAK_MODEL["en"])
+    expect(ui.output_box()).to_have_text(ERR_NO_WEAK_MODEL["en"])
 
     ui.fill(ui.plugin("weak_base_model").locator("textarea"), str(assets / "weak"))
     ui.fill(ui.plugin("weak_aligned_model").locator("textarea"), str(assets / "weak_aligned"))
@@ -464,7 +465,7 @@ def test_wpo_in_llamaboard(board_page, board, assets):
     assert set(listed) == {"tiny_pairs", "tiny_pairs_eval"}  # pairwise data only
 
     ui.pick("WPO weighting", "chosen")
-    page.locator(f"#{webui.ELEM_ID_PREFIX}precompute_logps input[type=checkbox]").uncheck()
+    page.locator(f"#{ELEM_ID_PREFIX}precompute_logps input[type=checkbox]").uncheck()
     ui.output_dir("wpo_run")
     command = ui.preview()
     for flag in (
@@ -508,14 +509,14 @@ def test_stock_stage_shows_none_of_the_plugin(board_page, board, assets):
     expect(ui.plugin("settings")).to_be_visible()
     ui.pick("Stage", "Supervised Fine-Tuning")
     expect(ui.plugin("settings")).to_have_count(0)
-    expect(page.locator(f"[id^={webui.ELEM_ID_PREFIX}]")).to_have_count(0)
+    expect(page.locator(f"[id^={ELEM_ID_PREFIX}]")).to_have_count(0)
     expect(page.get_by_label("number input for Beta value", exact=True)).to_have_count(1)
 
     listed = ui.choose_dataset(assets / "data", "tiny_sft")
     assert "tiny_pairs" not in listed and "tiny_sft" in listed
     command = ui.preview()
     assert "--stage sft" in command
-    for key in (*webui.FIELDS, "pref_beta", "pref_ftx", "pref_loss"):
+    for key in (*FIELDS, "pref_beta", "pref_ftx", "pref_loss"):
         assert f"--{key} " not in command
     ui.shot("sft_settings")
 
@@ -524,4 +525,4 @@ def test_stock_stage_shows_none_of_the_plugin(board_page, board, assets):
     ui.button("Save arguments").click()
     expect(ui.output_box()).to_contain_text("Arguments have been saved")
     saved = yaml.safe_load((workdir / "llamaboard_config" / "sft_board.yaml").read_text())
-    assert not any(key.split(".", 1)[1] in webui.FIELDS for key in saved)  # loadable by stock LLaMA-Board
+    assert not any(key.split(".", 1)[1] in FIELDS for key in saved)  # loadable by stock LLaMA-Board

@@ -1,0 +1,1 @@
+"""Counterparts of LLaMA-Board's ``llamafactory.webui.components``: the Train tab (:mod:`.train`)."""

@@ -1,0 +1,151 @@
+"""``llamafactory.webui.components.train``: the settings of the selected plugin stage in the Train tab."""
+
+import functools
+from typing import Any
+
+from ...hparams import WPO_ALIGNMENTS, WPO_WEIGHTINGS, WSPO_RESPONSES
+from ..common import ELEM_ID_PREFIX, FIELDS, STAGE_FIELDS, TAB, get_stage, localize
+from ..locales import TAB_LABELS, WSPO_PREF_BETA
+
+
+def patch(train) -> None:
+    train.create_train_tab = _wrap_create_train_tab(train.create_train_tab)
+
+
+def _wrap_create_train_tab(original):
+    r"""The stock Train tab, with one more accordion (after "RLHF configurations") holding the plugin's fields."""
+
+    @functools.wraps(original)
+    def create_train_tab(engine):
+        plugin_elems = _create_plugin_elems()  # rendered first, moved after the RLHF accordion below
+        elem_dict = original(_TrainTabEngine(engine, {plugin_elems[key] for key in FIELDS}))
+        _move_after(plugin_elems[TAB], elem_dict.get("rlhf_tab"))
+        _connect(engine, elem_dict, plugin_elems)
+        elem_dict.update(plugin_elems)  # registered by LLaMA-Board as `train.<name>`, like the stock elements
+        return elem_dict
+
+    return create_train_tab
+
+
+class _TrainTabEngine:
+    r"""The engine as the stock ``create_train_tab`` sees it: its manager's base elements include ``inputs``.
+
+    The stock tab starts from ``engine.manager.get_base_elems()`` (the top bar: language, model, template, ...), adds
+    its own elements, and hands that set to "Preview command", "Start", "Save/Load arguments" and the output-dir
+    check. Registering the plugin's fields with ``Manager.add_elems`` alone would not put them there, and changing
+    ``get_base_elems`` on the shared manager would also add them to the Evaluate and Chat tabs. So the stock tab gets
+    this view, for the one call: ``manager.get_base_elems()`` returns the top bar plus ``inputs``, and every other
+    attribute is the engine's (and its manager's) own.
+    """
+
+    def __init__(self, engine, inputs: set[Any]) -> None:
+        self._engine = engine
+        self.manager = _TrainTabManager(engine.manager, inputs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+class _TrainTabManager:
+    r"""``manager`` of :class:`_TrainTabEngine`: the engine's manager, whose base elements include ``inputs``."""
+
+    def __init__(self, manager, inputs: set[Any]) -> None:
+        self._manager = manager
+        self._inputs = inputs
+
+    def get_base_elems(self) -> set[Any]:
+        return self._manager.get_base_elems() | self._inputs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manager, name)
+
+
+def _create_plugin_elems() -> dict[str, Any]:
+    import gradio as gr
+
+    def elem_id(key: str) -> str:
+        return ELEM_ID_PREFIX + key
+
+    with gr.Accordion(open=True, visible=False, elem_id=elem_id("settings")) as tab:
+        with gr.Row():
+            weak_base_model = gr.Textbox(scale=3, visible=False, elem_id=elem_id("weak_base_model"))
+            weak_aligned_model = gr.Textbox(scale=3, visible=False, elem_id=elem_id("weak_aligned_model"))
+            wspo_response = gr.Dropdown(
+                choices=list(WSPO_RESPONSES), value="chosen", scale=1, visible=False, elem_id=elem_id("wspo_response")
+            )
+            wpo_alignment = gr.Dropdown(
+                choices=list(WPO_ALIGNMENTS), value="sampled", scale=1, visible=False, elem_id=elem_id("wpo_alignment")
+            )
+            wpo_weighting = gr.Dropdown(
+                choices=list(WPO_WEIGHTINGS), value="pair", scale=1, visible=False, elem_id=elem_id("wpo_weighting")
+            )
+            precompute_logps = gr.Checkbox(value=True, scale=1, elem_id=elem_id("precompute_logps"))
+
+    return {
+        TAB: tab,
+        "weak_base_model": weak_base_model,
+        "weak_aligned_model": weak_aligned_model,
+        "wspo_response": wspo_response,
+        "wpo_alignment": wpo_alignment,
+        "wpo_weighting": wpo_weighting,
+        "precompute_logps": precompute_logps,
+    }
+
+
+def _move_after(block, anchor) -> None:
+    r"""Put ``block`` right after ``anchor`` in their common parent's layout (before the page is served)."""
+    parent = getattr(anchor, "parent", None)
+    if parent is None or getattr(block, "parent", None) is not parent:
+        return
+
+    parent.children.remove(block)
+    parent.children.insert(parent.children.index(anchor) + 1, block)
+
+
+def _connect(engine, elem_dict: dict[str, Any], plugin_elems: dict[str, Any]) -> None:
+    r"""Show the selected plugin stage's settings, and label ``pref_beta`` as γ for WSPO, in every language."""
+    lang = engine.manager.get_elem_by_id("top.lang")
+    training_stage, pref_beta = elem_dict["training_stage"], elem_dict["pref_beta"]
+    outputs = [plugin_elems[TAB], *(plugin_elems[key] for key in FIELDS), pref_beta]
+
+    def on_stage_change(lang_value: str, stage_label: str):
+        return _plugin_updates(outputs, lang_value, stage_label, open_tab=True)
+
+    def on_lang_change(lang_value: str, stage_label: str):
+        return _plugin_updates(outputs, lang_value, stage_label, open_tab=False)
+
+    training_stage.change(on_stage_change, [lang, training_stage], outputs, queue=False)
+    lang.change(on_lang_change, [lang, training_stage], outputs, queue=False)
+
+    # LLaMA-Board relabels every element on a language change; the label of `pref_beta` depends on the stage,
+    # so it is left to `on_lang_change` (one writer per element: no race between the two listeners). The engine's
+    # `change_lang` is wrapped for good, before LLaMA-Board connects it to the language drop-down.
+    stock_change_lang = engine.change_lang
+
+    @functools.wraps(stock_change_lang)
+    def change_lang(lang_value: str):
+        updates = stock_change_lang(lang_value)
+        updates.pop(pref_beta, None)
+        return updates
+
+    engine.change_lang = change_lang
+
+
+def _plugin_updates(outputs: list[Any], lang: str | None, stage_label: str | None, open_tab: bool) -> list[Any]:
+    r"""Updates of ``outputs`` (the accordion, the plugin's fields, ``pref_beta``) for a stage and a language."""
+    from llamafactory.webui.locales import LOCALES as HOST_LOCALES
+
+    tab, *field_elems, pref_beta = outputs
+    stage = get_stage(stage_label)
+    fields = STAGE_FIELDS.get(stage, ())
+    tab_args: dict[str, Any] = {"visible": bool(fields)}
+    if fields:
+        tab_args["label"] = localize(TAB_LABELS[stage], lang)
+        if open_tab:
+            tab_args["open"] = True
+
+    updates = [type(tab)(**tab_args)]
+    updates += [type(elem)(visible=key in fields) for key, elem in zip(FIELDS, field_elems)]
+    beta = WSPO_PREF_BETA if stage == "wspo" else HOST_LOCALES["pref_beta"]
+    updates.append(type(pref_beta)(**localize(beta, lang)))
+    return updates

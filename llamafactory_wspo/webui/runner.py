@@ -1,0 +1,91 @@
+"""``llamafactory.webui.runner``: the arguments that "Preview command", "Start" and "Save arguments" build."""
+
+import functools
+import json
+from typing import Any
+
+from .common import FIELDS, STAGE_FIELDS, get_stage, localize
+from .locales import ERR_NO_WEAK_MODEL
+
+
+def patch(runner) -> None:
+    r"""A plugin stage gets its fields; a WSPO run without weak models is refused; stock stages are unchanged."""
+    from llamafactory.webui import common
+
+    cls = runner.Runner
+    cls._initialize = _wrap_initialize(cls._initialize)
+    cls._parse_train_args = _wrap_parse_train_args(cls._parse_train_args)
+    cls._build_config_dict = _wrap_build_config_dict(cls._build_config_dict)
+    common._clean_cmd = _wrap_clean_cmd(common._clean_cmd)
+
+
+def _getter(runner, data: dict[Any, Any]):
+    return lambda elem_id: data[runner.manager.get_elem_by_id(elem_id)]
+
+
+def _wrap_initialize(original):
+    @functools.wraps(original)
+    def _initialize(self, data, do_train: bool, from_preview: bool) -> str:
+        error = original(self, data, do_train, from_preview)
+        if error or not do_train:
+            return error
+
+        get = _getter(self, data)
+        if get_stage(get("train.training_stage")) == "wspo" and not (
+            get("train.weak_base_model") and get("train.weak_aligned_model")
+        ):
+            return localize(ERR_NO_WEAK_MODEL, get("top.lang"))
+
+        return error
+
+    return _initialize
+
+
+def _wrap_parse_train_args(original):
+    @functools.wraps(original)
+    def _parse_train_args(self, data) -> dict[str, Any]:
+        args = original(self, data)
+        stage = args.get("stage")
+        if stage not in STAGE_FIELDS:
+            return args
+
+        get = _getter(self, data)
+        keys = ("pref_beta", "pref_ftx") + (("pref_loss",) if stage == "wpo" else ()) + STAGE_FIELDS[stage]
+        extra_args = json.loads(get("train.extra_args"))  # valid: checked by `_initialize`
+        for key in keys:  # pref_beta: gamma for WSPO, beta of the preference loss for WPO
+            if key not in extra_args:  # "Extra arguments" win, e.g. {"pref_loss": "robust"} for WPO
+                value = get(f"train.{key}")
+                args[key] = value.strip() if isinstance(value, str) else value
+
+        return args
+
+    return _parse_train_args
+
+
+def _wrap_build_config_dict(original):
+    r"""Stock stages save the configuration they saved without the plugin (loadable by stock LLaMA-Board)."""
+
+    @functools.wraps(original)
+    def _build_config_dict(self, data) -> dict[str, Any]:
+        config = original(self, data)
+        if get_stage(config.get("train.training_stage")) not in STAGE_FIELDS:
+            for key in FIELDS:
+                config.pop(f"train.{key}", None)
+
+        return config
+
+    return _build_config_dict
+
+
+def _wrap_clean_cmd(original):
+    r"""LLaMA-Board drops every ``False`` argument; ``precompute_logps: false`` must reach the trainer."""
+
+    @functools.wraps(original)
+    def _clean_cmd(args: dict[str, Any]) -> dict[str, Any]:
+        cleaned = original(args)
+        if args.get("stage") in STAGE_FIELDS and isinstance(args.get("precompute_logps"), bool):
+            cleaned["precompute_logps"] = args["precompute_logps"]
+
+        return cleaned
+
+    return _clean_cmd
