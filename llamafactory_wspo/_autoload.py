@@ -15,7 +15,7 @@ _TARGETS = frozenset(
     {
         "llamafactory.hparams.parser",
         "llamafactory.train.tuner",
-        # LLaMA-Board (llamafactory_wspo/webui.py)
+        # LLaMA-Board (llamafactory_wspo/webui/)
         "llamafactory.webui.control",
         "llamafactory.webui.components.train",
         "llamafactory.webui.runner",

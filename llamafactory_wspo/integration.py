@@ -73,7 +73,7 @@ def on_import(module) -> None:
         _patch_parser(module)
     elif name == "llamafactory.train.tuner":
         _patch_tuner(module)
-    elif name.startswith("llamafactory.webui."):  # LLaMA-Board: see webui.py
+    elif name.startswith("llamafactory.webui."):  # LLaMA-Board: see webui/
         from . import webui
 
         webui.patch(module)
@@ -116,6 +116,17 @@ def build_finetuning_arguments(base: type) -> type:
             metadata={"help": "The type of DPO loss to use (`kto`: the KTO form of `stage: wpo`)."},
         )
 
+        pref_beta: float = field(
+            default=0.1,
+            metadata={
+                "help": "The beta parameter in the preference loss. For `stage: wspo` it is gamma of the WSPO loss "
+                "(Zhu et al., ICLR 2025, arXiv:2410.18640): the mean over response tokens of "
+                "(gamma * (log pi_theta(y_t) - log pi_ref(y_t)) - w_t)^2 with w_t = log pi_w*(y_t) - log pi_w0(y_t); "
+                "at the optimum gamma * s_t = w_t, so a smaller gamma amplifies the weak model's alignment (the "
+                "authors use 0.1). For `stage: wpo` it is beta of `pref_loss` inside the WPO loss, Eq. (1) of Zhou et "
+                "al., EMNLP 2024, arXiv:2406.11827 (0.01 in its Sec. 4.1)."
+            },
+        )
         def __post_init__(self):
             base.__post_init__(self)
             self.check_plugin_args()

@@ -1,6 +1,6 @@
 """The loss mathematics, as small pure tensor functions (no model, no trainer).
 
-Notation follows ``ALGORITHMS.md``: ``y_t`` are the response tokens, i.e. the positions whose label
+Notation follows the README (WSPO: Zhu et al., arXiv 2410.18640; WPO: Zhou et al., arXiv 2406.11827): ``y_t`` are the response tokens, i.e. the positions whose label
 is not ``IGNORE_INDEX`` after the usual one-token shift. Every per-token tensor here has shape
 ``(batch, length - 1)`` and is aligned with ``labels[:, 1:]``.
 """
@@ -43,7 +43,7 @@ def wspo_loss(
     mask: torch.Tensor,
     gamma: float,
 ) -> torch.Tensor:
-    r"""Per-example WSPO loss (Zhu et al., ICLR 2025, arXiv 2410.18640, the token-level objective of Sec. 3).
+    r"""Per-example WSPO loss (Zhu et al., ICLR 2025, arXiv 2410.18640: its token-level objective).
 
     ``l(x, y) = (1/T) * sum_t (gamma * s_t - w_t) ** 2`` with the strong shift
     ``s_t = log pi_theta(y_t) - log pi_ref(y_t)`` and the weak shift
@@ -117,8 +117,8 @@ def policy_logps_and_alignment(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Per-token ``log pi(y_t)`` (with gradient) and WPO's alignment term ``a_t`` (without), in float32.
 
-    WPO (Zhou et al., EMNLP 2024, arXiv 2406.11827, Sec. 3.2) aligns each token's log-prob with the
-    policy's own outputs:
+    WPO (Zhou et al., EMNLP 2024, arXiv 2406.11827, Sec. 3.3; the sampled alignment is its Eq. 2) aligns each
+    token's log-prob with the policy's own outputs:
 
     * ``sampled``: ``a_t = log pi(y_t) - log sum_v pi(v)^2``, with
       ``log sum_v p_v^2 = logsumexp(2z) - 2 logsumexp(z)``;

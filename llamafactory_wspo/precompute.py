@@ -5,18 +5,24 @@ once, before the policy is loaded:
 
 1. every training/evaluation example is identified by a hash of its token ids and labels
    (:func:`example_uid`), never by its position;
-2. a fingerprint of everything the values depend on names a cache directory; if a complete cache
-   is there it is reused;
-3. otherwise each rank takes its share of the unique examples, runs the frozen models one at a time
-   (sorted by length, batched, no grad, with a progress bar) and writes its shard atomically;
-   rank 0 writes the manifest once every shard is in place;
-4. every rank reads all shards into a :class:`LogpsStore`, which the collator queries by uid.
+2. rank 0 alone fingerprints everything the values depend on (the examples, the frozen models' weights
+   and loader options, the stage's settings), which names a cache directory, checks the cache there
+   (each shard's checksum, finite values) and decides: reuse it, compute it, or stop with an error (too
+   little disk space); every rank follows that broadcast decision;
+3. to compute, each rank takes its share of the unique examples, runs the frozen models one at a time
+   (sorted by length, batched, no grad, with a progress bar) and writes its shard atomically (synced,
+   then renamed); rank 0 writes the manifest, with each shard's checksum, once every shard is in place;
+4. every rank reads all shards into a :class:`LogpsStore`, which the collator queries by uid. A damaged
+   cache (a missing, truncated or altered shard, an unreadable manifest) is computed again, with one
+   warning naming the file.
 """
 
+import errno
 import gc
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from array import array
@@ -27,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from .identity import FileHashes
 from .logging import get_logger
 from .losses import IGNORE_INDEX, per_token_logps
 
@@ -38,8 +45,10 @@ if TYPE_CHECKING:
 logger = get_logger(__name__)
 
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 MANIFEST = "manifest.json"
+FILE_HASHES = "file_hashes.json"  # content hashes of local model files, remembered across runs (see identity.py)
+STALE_TMP_SECONDS = 3600.0  # a temporary file older than this was left by a killed run
 # The per-token columns that the cache stores and the collators put beside ``labels``.
 REF_LOGPS = "ref_logps"  # log pi_ref(y_t): the reference (WSPO and WPO)
 WEAK_SHIFT = "weak_shift"  # w_t = log pi_w*(y_t) - log pi_w0(y_t): the weak model's alignment (WSPO)
@@ -57,6 +66,19 @@ def example_uid(input_ids: Sequence[int], labels: Sequence[int]) -> int:
 
 def num_response_tokens(labels: Sequence[int]) -> int:
     return sum(1 for label in labels[1:] if label != IGNORE_INDEX)
+
+
+def _fsync_replace(tmp: str, path: str) -> None:
+    r"""Make ``tmp`` durable, then move it to ``path`` (atomic on one file system)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+
+    os.replace(tmp, path)
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class LogpsStore:
@@ -130,8 +152,8 @@ class LogpsStore:
 
         return out
 
-    def save(self, path: str) -> None:
-        r"""Write atomically: a temporary file in the same directory, then ``os.replace``."""
+    def save(self, path: str) -> tuple[str, int]:
+        r"""Write atomically (a temporary file in the same directory, synced, then renamed); its SHA-256 and size."""
         from safetensors.torch import save_file
 
         tensors = {"uids": self.uids, "offsets": self.offsets}
@@ -140,10 +162,13 @@ class LogpsStore:
         os.close(fd)
         try:
             save_file(tensors, tmp)
-            os.replace(tmp, path)
+            digest, size = _sha256(tmp), os.path.getsize(tmp)
+            _fsync_replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+        return digest, size
 
     @classmethod
     def load(cls, path: str) -> "LogpsStore":
@@ -154,43 +179,11 @@ class LogpsStore:
         return cls(tensors["uids"], tensors["offsets"], columns)
 
 
-def weights_identity(name_or_path: str, revision: str | None = None, adapters: Sequence[str] | None = None) -> dict:
-    r"""What identifies a model's weights: for a local directory the names, sizes and modification times of its
-    files and the content of its config; for a hub id the id, revision and cached snapshot."""
-    identity: dict[str, Any] = {"name_or_path": name_or_path, "revision": revision}
-    if os.path.isdir(name_or_path):
-        files = []
-        for root, _, names in os.walk(name_or_path):
-            for fname in sorted(names):
-                full = os.path.join(root, fname)
-                stat = os.stat(full)
-                files.append((os.path.relpath(full, name_or_path), stat.st_size, stat.st_mtime_ns))
-
-        identity["path"] = os.path.abspath(name_or_path)
-        identity["files"] = sorted(files)
-        config = os.path.join(name_or_path, "config.json")
-        if os.path.isfile(config):
-            with open(config, "rb") as f:
-                identity["config_sha256"] = hashlib.sha256(f.read()).hexdigest()
-    else:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(name_or_path, "config.json", revision=revision)
-            identity["snapshot"] = os.path.dirname(cached) if isinstance(cached, str) else None
-        except Exception:
-            identity["snapshot"] = None
-
-    identity["adapters"] = [weights_identity(adapter) for adapter in adapters or []]
-    return identity
-
-
-def fingerprint(uids: Sequence[int], models: Sequence["FrozenModel"], extra: dict[str, Any]) -> str:
+def fingerprint(uids: Sequence[int], identities: dict[str, Any], extra: dict[str, Any]) -> str:
+    r"""The cache key: the examples (by uid), the frozen models' identities and the stage's settings."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"format": CACHE_FORMAT, "extra": extra}, sort_keys=True, default=str).encode())
-    for model in models:
-        digest.update(json.dumps({model.name: model.identity}, sort_keys=True, default=str).encode())
-
+    digest.update(json.dumps(identities, sort_keys=True, default=str).encode())
     digest.update(array("q", uids).tobytes())
     return digest.hexdigest()[:32]
 
@@ -242,6 +235,7 @@ class ExampleIndex:
     def __init__(self, datasets: Sequence[Any], read_batch_size: int = 1024) -> None:
         self.datasets = [dataset.select_columns(["input_ids", "labels"]) for dataset in datasets]
         self.locations: dict[int, tuple[int, int, int]] = {}  # uid -> (data set, row, length)
+        self.num_tokens = 0  # response tokens of the unique examples: the stored values
         for which, dataset in enumerate(self.datasets):
             for start in range(0, len(dataset), read_batch_size):
                 batch = dataset[start : start + read_batch_size]
@@ -249,6 +243,7 @@ class ExampleIndex:
                     uid = example_uid(input_ids, labels)
                     if uid not in self.locations:
                         self.locations[uid] = (which, start + offset, len(input_ids))
+                        self.num_tokens += num_response_tokens(labels)
 
     @property
     def uids(self) -> list[int]:
@@ -291,6 +286,9 @@ def _score(
         logps, mask = per_token_logps(logits, batch["labels"])
         del logits
         logps, mask = logps.cpu(), mask.cpu()
+        if not bool(torch.isfinite(logps[mask]).all()):
+            raise ValueError(f"{desc}: the model gives non-finite log-probs; check its weights and `infer_dtype`.")
+
         for row, uid in enumerate(chunk):
             out[uid] = logps[row][mask[row]]
         stats["tokens"] += (
@@ -300,6 +298,129 @@ def _score(
 
     stats["seconds"] = time.perf_counter() - started
     return out, stats
+
+
+def _broadcast(value: Any) -> Any:
+    r"""Rank 0's ``value`` on every rank (the value itself without ``torch.distributed``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    return value
+
+
+def _all_gather(value: Any) -> list[Any]:
+    r"""Every rank's ``value``, in rank order."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        values = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    return [value]
+
+
+def _shard_name(rank: int, world: int) -> str:
+    return f"shard-{rank:05d}-of-{world:05d}.safetensors"
+
+
+def read_cache(target: str, uids: Sequence[int]) -> tuple[LogpsStore | None, str | None]:
+    r"""The cache at ``target`` if it is complete and intact, else ``(None, why)`` naming the damaged file."""
+    manifest_path = os.path.join(target, MANIFEST)
+    if not os.path.isfile(manifest_path):
+        return None, None
+
+    try:
+        with open(manifest_path, encoding="utf-8") as f:
+            shards = json.load(f)["shards"]
+        names = [shard["name"] for shard in shards]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return None, f"{manifest_path} is unreadable ({type(err).__name__})"
+
+    stores = []
+    for shard in shards:
+        path = os.path.join(target, shard["name"])
+        if not os.path.isfile(path):
+            return None, f"{path} is missing"
+
+        if os.path.getsize(path) != shard["bytes"] or _sha256(path) != shard["sha256"]:
+            return None, f"{path} does not match its checksum"
+
+        try:
+            store = LogpsStore.load(path)
+        except Exception as err:
+            return None, f"{path} cannot be read ({type(err).__name__})"
+
+        if not all(bool(torch.isfinite(column).all()) for column in store.columns.values()):
+            return None, f"{path} holds non-finite values"
+
+        stores.append(store)
+
+    store = LogpsStore.concat(stores) if stores else None
+    missing = len(uids) if store is None else sum(1 for uid in uids if uid not in store)
+    if missing:
+        return None, f"{target} lacks {missing} of the {len(uids)} examples (shards {', '.join(names)})"
+
+    return store, None
+
+
+def _remove_stale_files(target: str, max_age: float = STALE_TMP_SECONDS) -> None:
+    r"""Temporary files that a killed run left behind (a running run's are younger than ``max_age``)."""
+    now = time.time()
+    for name in os.listdir(target):
+        path = os.path.join(target, name)
+        try:
+            if name.startswith(".tmp-") and now - os.path.getmtime(path) > max_age:
+                os.remove(path)
+        except OSError:
+            pass
+
+
+def _check_free_space(cache_dir: str, needed: int) -> None:
+    os.makedirs(cache_dir, exist_ok=True)
+    free = shutil.disk_usage(cache_dir).free
+    if free < needed:
+        raise ValueError(_space_message(cache_dir, needed, free))
+
+
+def _space_message(cache_dir: str, needed: int, free: int | None = None) -> str:
+    have = f", {free / 2**20:.1f} MiB free" if free is not None else ""
+    return (
+        f"Not enough disk space for the log-prob cache at {cache_dir}: it needs about {needed / 2**20:.1f} MiB{have}. "
+        "Free some space, or point `logps_cache_dir` at a larger disk."
+    )
+
+
+def _cache_size(target: str) -> str:
+    size = sum(os.path.getsize(os.path.join(target, name)) for name in os.listdir(target))
+    return f"{size / 2**20:.1f} MiB"
+
+
+def _plan(
+    examples: ExampleIndex,
+    models: Sequence["FrozenModel"],
+    combine: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+    cache_dir: str,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    r"""Rank 0's decision, which every rank then follows: the cache key, and whether to reuse, compute or stop."""
+    hashes = FileHashes(os.path.join(cache_dir, FILE_HASHES))
+    identities = {model.name: model.identity(hashes) for model in models}
+    hashes.save()
+    key = fingerprint(examples.uids, identities, extra)
+    target = os.path.join(cache_dir, key)
+    store, damage = read_cache(target, examples.uids)
+    if store is not None:
+        return {"action": "reuse", "key": key}
+
+    if damage:
+        logger.warning_rank0(f"The log-prob cache is damaged ({damage}): computing it again.")
+
+    one = combine({model.name: torch.zeros(1) for model in models})
+    bytes_per_token = sum(value.element_size() for value in one.values())
+    needed = examples.num_tokens * bytes_per_token + len(examples.uids) * 16 + 2**16
+    _check_free_space(cache_dir, needed)
+    return {"action": "compute", "key": key, "identities": identities, "needed": needed}
 
 
 def precompute_logps(
@@ -312,58 +433,97 @@ def precompute_logps(
     batch_size: int,
     show_progress: bool = True,
 ) -> LogpsStore:
-    r"""Compute (or reuse) ``combine({model.name: per-token logps})`` for every example of ``datasets``."""
+    r"""Compute (or reuse) ``combine({model.name: per-token logps})`` for every example of ``datasets``.
+
+    Rank 0 alone fingerprints, checks the cache and decides; every rank follows the broadcast decision, so no
+    rank can take another path than the others (and wait forever at a barrier they never reach).
+    """
     examples = ExampleIndex(list(datasets))
     uids = examples.uids
-    key = fingerprint(uids, models, extra)
-    target = os.path.join(cache_dir, key)
-    manifest_path = os.path.join(target, MANIFEST)
     rank, world = _rank_and_world()
+    plan = None
+    if rank == 0:
+        try:
+            plan = _plan(examples, models, combine, cache_dir, extra)
+        except Exception as err:  # every rank stops with rank 0's error
+            plan = {"action": "error", "error": err}
 
-    if not os.path.isfile(manifest_path):
-        os.makedirs(target, exist_ok=True)
-        share = uids[rank::world]
-        scores: dict[str, dict[int, torch.Tensor]] = {}
-        passes: dict[str, dict[str, Any]] = {}  # this rank's timing of each model's pass, kept in the manifest
-        for model_spec in models:
-            with zero3_init_disabled():
-                model = model_spec.load()
+    plan = _broadcast(plan)
+    if plan["action"] == "error":
+        raise plan["error"]
 
-            model.eval()
-            scores[model_spec.name], passes[model_spec.name] = _score(
-                model, examples, share, collate, batch_size, f"Precomputing {model_spec.name} log-probs", show_progress
-            )
-            del model
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-
-        rows = {uid: combine({name: scores[name][uid] for name in scores}) for uid in share}
-        names = list(combine({model_spec.name: torch.zeros(0) for model_spec in models}))
-        shard_name = f"shard-{rank:05d}-of-{world:05d}.safetensors"
-        LogpsStore.from_rows(rows, names).save(os.path.join(target, shard_name))
-        _barrier()
+    target = os.path.join(cache_dir, plan["key"])
+    if plan["action"] == "compute":
         if rank == 0:
-            shards = [f"shard-{r:05d}-of-{world:05d}.safetensors" for r in range(world)]
-            manifest = {"format": CACHE_FORMAT, "fingerprint": key, "shards": shards, "examples": len(uids)}
-            manifest.update({"extra": extra, "models": {m.name: m.identity for m in models}, "passes": passes})
+            os.makedirs(target, exist_ok=True)
+            _remove_stale_files(target)
+
+        _barrier()
+        rows, names, passes = _compute_shard(
+            examples, uids[rank::world], models, combine, collate, batch_size, show_progress
+        )
+        try:
+            digest, size = LogpsStore.from_rows(rows, names).save(os.path.join(target, _shard_name(rank, world)))
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise OSError(err.errno, _space_message(cache_dir, plan["needed"])) from err
+
+            raise
+
+        shards = _all_gather({"name": _shard_name(rank, world), "sha256": digest, "bytes": size})
+
+        if rank == 0:
+            manifest = {"format": CACHE_FORMAT, "fingerprint": plan["key"], "shards": shards, "examples": len(uids)}
+            manifest.update({"extra": extra, "models": plan["identities"], "passes": passes})
             fd, tmp = tempfile.mkstemp(dir=target, prefix=".tmp-", suffix=".json")
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=2, default=str)
 
-            os.replace(tmp, manifest_path)
-            logger.info_rank0(f"Precomputed log-probs of {len(uids)} examples saved at {target}.")
+            _fsync_replace(tmp, os.path.join(target, MANIFEST))
+            logger.info_rank0(
+                f"Precomputed log-probs of {len(uids)} examples saved at {target} ({_cache_size(target)})."
+            )
 
         _barrier()
-    else:
-        logger.info_rank0(f"Reusing precomputed log-probs from {target}.")
 
-    with open(manifest_path, encoding="utf-8") as f:
-        manifest = json.load(f)
+    store, damage = read_cache(target, uids)
+    if store is None:
+        raise RuntimeError(
+            f"The log-prob cache at {target} cannot be used ({damage or 'no manifest'}); delete it and run again."
+        )
 
-    store = LogpsStore.concat(LogpsStore.load(os.path.join(target, shard)) for shard in manifest["shards"])
-    missing = sum(1 for uid in uids if uid not in store)
-    if missing:
-        raise RuntimeError(f"The log-prob cache at {target} lacks {missing} examples; delete it and run again.")
+    if plan["action"] == "reuse":
+        logger.info_rank0(f"Reusing precomputed log-probs from {target} ({_cache_size(target)}).")
 
     return store
+
+
+def _compute_shard(
+    examples: ExampleIndex,
+    share: list[int],
+    models: Sequence["FrozenModel"],
+    combine: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+    batch_size: int,
+    show_progress: bool,
+) -> tuple[dict[int, dict[str, torch.Tensor]], list[str], dict[str, Any]]:
+    r"""Score this rank's ``share`` with each frozen model in turn: the rows to store, their columns, the timings."""
+    scores: dict[str, dict[int, torch.Tensor]] = {}
+    passes: dict[str, Any] = {}
+    for model_spec in models:
+        with zero3_init_disabled():
+            model = model_spec.load()
+
+        model.eval()
+        desc = f"Precomputing {model_spec.name} log-probs"
+        scores[model_spec.name], passes[model_spec.name] = _score(
+            model, examples, share, collate, batch_size, desc, show_progress
+        )
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    rows = {uid: combine({name: scores[name][uid] for name in scores}) for uid in share}
+    names = list(combine({model_spec.name: torch.zeros(0) for model_spec in models}))
+    return rows, names, passes

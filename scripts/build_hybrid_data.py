@@ -333,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_p", type=float, default=0.95, help="Nucleus threshold (with --model).")
     parser.add_argument("--max_new_tokens", type=int, default=2048, help="Longest sample (with --model).")
     parser.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto")
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="Run Python code that the model folder or hub repository carries (off by default; only for models you "
+        "trust).",
+    )
     parser.add_argument("--outside", type=Path, default=None, help="The outside model's outputs (optional).")
     parser.add_argument("--scorer", required=True, help="rm:<path> or openai:<base url>#<model>.")
     parser.add_argument("--scorer_template", default=None, help="LLaMA-Factory template for an rm: scorer.")
@@ -387,7 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if samples is None:
         from llamafactory_wspo.inference import Generator, SamplingConfig
 
-        generator = Generator(args.model, args.template, backend=args.backend)
+        generator = Generator(
+            args.model, args.template, backend=args.backend, trust_remote_code=args.trust_remote_code
+        )
         config = SamplingConfig(args.num_samples, args.temperature, args.top_p, args.max_new_tokens, args.seed)
         prompts = [generator.encode([{"role": "user", "content": pair["instruction"]}]) for pair in pairs]
         samples = {}

@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=8, help="Prompts per batch (transformers back-end).")
     parser.add_argument("--seed", type=int, default=42, help="Sampling seed.")
     parser.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto")
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="Run Python code that the model folder or hub repository carries (off by default; only for models you "
+        "trust).",
+    )
     parser.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto")
     return parser
 
@@ -210,7 +216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     max_model_len = args.cutoff_len + args.max_new_tokens if args.cutoff_len else None
     generator = Generator(
-        args.model, args.template, args.adapter, args.backend, args.dtype, max_model_len, args.batch_size
+        args.model,
+        args.template,
+        args.adapter,
+        args.backend,
+        args.dtype,
+        max_model_len,
+        args.batch_size,
+        trust_remote_code=args.trust_remote_code,
     )
     prompts = [generator.encode(messages, args.system or system, args.cutoff_len) for messages, system, _ in items]
     completions = generator.generate(prompts, sampling_config(args))

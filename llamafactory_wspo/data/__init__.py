@@ -1,5 +1,14 @@
 from .collator import KTODataCollatorWithLogps, PairwiseDataCollatorWithLogps, SFTDataCollatorWithLogps
-from .loader import check_wspo_data, dataset_splits, get_wspo_dataset, kto_rows, map_splits, select_responses
+from .loader import (
+    check_wspo_data,
+    dataset_splits,
+    drop_unscored,
+    get_wspo_dataset,
+    kto_rows,
+    map_splits,
+    max_token_id,
+    select_responses,
+)
 
 
 __all__ = [
@@ -8,8 +17,10 @@ __all__ = [
     "SFTDataCollatorWithLogps",
     "check_wspo_data",
     "dataset_splits",
+    "drop_unscored",
     "get_wspo_dataset",
     "kto_rows",
     "map_splits",
+    "max_token_id",
     "select_responses",
 ]

@@ -1,12 +1,17 @@
 """WSPO data: LLaMA-Factory's own loading and templates, SFT-format or pairwise data sets."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llamafactory.data import get_dataset
 from llamafactory.data.parser import get_dataset_list
+from llamafactory.extras.constants import IGNORE_INDEX
 
+from ..logging import get_logger
 from ..precompute import KL_PREFIX
+
+
+logger = get_logger(__name__)
 
 
 if TYPE_CHECKING:
@@ -78,6 +83,57 @@ def check_wspo_data(data_args: "DataArguments", finetuning_args: "WSPOArguments"
     return pairwise
 
 
+def _scored(labels: list[int]) -> bool:
+    return any(label != IGNORE_INDEX for label in labels[1:])  # labels[0] is never predicted
+
+
+def drop_unscored(dataset_module: dict[str, Any], label_columns: Sequence[str], cutoff_len: int) -> dict[str, Any]:
+    r"""Drop the examples that ``cutoff_len`` left without a response token in any of ``label_columns``.
+
+    Such an example has nothing to score: it would add a loss of 0 (WSPO) or ln 2 with no gradient (WPO) and
+    dilute the batch. The count is logged; a split left empty is an error naming ``cutoff_len``.
+    """
+
+    def drop(dataset: "Dataset") -> "Dataset":
+        kept = dataset.filter(
+            lambda batch: [
+                all(_scored(labels) for labels in row) for row in zip(*(batch[col] for col in label_columns))
+            ],
+            batched=True,
+            desc="Dropping examples without response tokens",
+        )
+        dropped = len(dataset) - len(kept)
+        if dropped:
+            logger.warning_rank0(
+                f"Dropped {dropped} of {len(dataset)} examples: `cutoff_len: {cutoff_len}` left no response token in "
+                "them."
+            )
+
+        if len(kept) == 0:
+            raise ValueError(
+                f"`cutoff_len: {cutoff_len}` leaves no response token in any of the {len(dataset)} examples: the "
+                "prompts fill the whole length. Raise `cutoff_len`, or use shorter prompts."
+            )
+
+        return kept
+
+    return map_splits(drop, dataset_module)
+
+
+def max_token_id(dataset_module: dict[str, Any]) -> int:
+    r"""The largest token id in any ``*input_ids`` column of the training and evaluation sets."""
+    import pyarrow.compute as pc
+
+    largest = -1
+    for dataset in dataset_splits(dataset_module):
+        for column in (name for name in dataset.column_names if name.endswith("input_ids")):
+            for batch in dataset.select_columns([column]).with_format("arrow").iter(batch_size=4096):
+                value = pc.max(pc.list_flatten(batch[column])).as_py()
+                largest = max(largest, -1 if value is None else value)
+
+    return largest
+
+
 def select_responses(dataset: "Dataset", choice: str) -> "Dataset":
     r"""Turn LLaMA-Factory's pairwise columns into SFT columns holding the chosen, rejected or both responses."""
     sides = ("chosen", "rejected") if choice == "both" else (choice,)
@@ -145,17 +201,12 @@ def get_wspo_dataset(
 
         raise
 
-    def check(dataset: "Dataset") -> "Dataset":
-        if pairwise:
-            dataset = select_responses(dataset, finetuning_args.wspo_response)
+    if pairwise:
+        dataset_module = map_splits(
+            lambda split: select_responses(split, finetuning_args.wspo_response), dataset_module
+        )
 
-        if len(dataset) == 0 or not any(any(label != -100 for label in labels) for labels in dataset["labels"]):
-            raise ValueError(_no_response_message(names))
-
-        return dataset
-
-    dataset_module = map_splits(check, dataset_module)
-    return dataset_module
+    return drop_unscored(dataset_module, ("labels",), data_args.cutoff_len)
 
 
 def _no_response_message(names: str) -> str:

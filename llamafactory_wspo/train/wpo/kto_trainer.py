@@ -10,6 +10,7 @@ from typing_extensions import override
 from ...losses import policy_logps_and_alignment, response_mask, wpo_sequence_weight, wpo_unpaired_weights
 from ...precompute import KL_PREFIX, REF_LOGPS
 from ..callbacks import WPOWeightsCallback
+from ..guards import FiniteLossMixin
 
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ class KTOOutputs(NamedTuple):
     weights: torch.Tensor | None = None  # w(x, y)
 
 
-class CustomWPOKTOTrainer(CustomKTOTrainer):
+class CustomWPOKTOTrainer(FiniteLossMixin, CustomKTOTrainer):
     r"""The KTO form of WPO (``pref_loss: kto``): each output's KTO term is weighted by its own ``w(x, y)``.
 
     Within a batch the weights of the desirable outputs are normalised to sum to 1, and so are those of the

@@ -10,6 +10,7 @@ from typing_extensions import override
 from ...losses import policy_logps_and_alignment, response_mask, wpo_pair_weight, wpo_sequence_weight
 from ...precompute import REF_LOGPS
 from ..callbacks import WPOWeightsCallback
+from ..guards import FiniteLossMixin
 from ..metrics import PreferenceMetricsMixin
 
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 _AVERAGED_LOSSES = ("ipo", "orpo", "simpo")  # as in the DPO stage: average, not summed, log-probs
 
 
-class CustomWPOTrainer(PreferenceMetricsMixin, CustomDPOTrainer):
+class CustomWPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomDPOTrainer):
     r"""Every ``pref_loss`` of the DPO stage, each pair's term multiplied by its WPO weight.
 
     The weight comes from the policy's own logits in the forward pass that the loss needs anyway, without

@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from ...losses import sft_loss, wspo_loss
 from ...precompute import REF_LOGPS, WEAK_SHIFT, model_token_logps
+from ..guards import FiniteLossMixin
 from ..metrics import PreferenceMetricsMixin
 
 
@@ -35,7 +36,7 @@ def wspo_targets(logps: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str
     }
 
 
-class CustomWSPOTrainer(PreferenceMetricsMixin, CustomTrainer):
+class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
     r"""Trains the strong policy to reproduce ``weak_shift / gamma`` as its per-token log-ratio.
 
     With precomputed columns in the batch, only the policy runs. Otherwise the weak models (and the

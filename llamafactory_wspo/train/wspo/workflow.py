@@ -7,8 +7,8 @@ from llamafactory.data import get_template_and_fix_tokenizer
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.model import load_model, load_tokenizer
 
-from ...data import SFTDataCollatorWithLogps, check_wspo_data, get_wspo_dataset
-from ...frozen import check_vocabularies, frozen_models
+from ...data import SFTDataCollatorWithLogps, check_wspo_data, get_wspo_dataset, max_token_id
+from ...frozen import check_embedding_sizes, check_vocabularies, frozen_models
 from ...logging import get_logger
 from ..trainer_utils import check_model_paths, precompute_frozen_logps, train_and_evaluate
 from .trainer import CustomWSPOTrainer, wspo_targets
@@ -42,6 +42,7 @@ def run_wspo(
     dataset_module = get_wspo_dataset(
         template, model_args, data_args, training_args, finetuning_args, pairwise, **tokenizer_module
     )
+    check_embedding_sizes(frozen, max_token_id(dataset_module), len(tokenizer))
     storage_dtype = model_args.compute_dtype or torch.float32
     logger.info_rank0(
         f"WSPO: gamma (pref_beta) = {finetuning_args.pref_beta}, pref_ftx = {finetuning_args.pref_ftx}, "
