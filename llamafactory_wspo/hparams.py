@@ -280,7 +280,23 @@ class PrecomputeArguments:
 
 
 @dataclass
-class PluginArguments(WSPOArguments, WPOArguments, GRPOArguments, PrecomputeArguments):
+class ScoringArguments:
+    r"""How the per-token log-probs of the WSPO and WPO losses are computed (the numbers are the same either way)."""
+
+    response_only_logits: bool = field(
+        default=True,
+        metadata={
+            "help": "Apply the output layer only at the positions whose token is scored (the responses of every "
+            "row), in training and in the precompute pass, instead of at every position: the same log-probs, "
+            "less work and memory with a large vocabulary. Used for the architectures whose equality is tested "
+            "(Qwen2, Qwen3, Llama, Mistral, Gemma-2); other models always compute full logits. `false` computes "
+            "full logits everywhere."
+        },
+    )
+
+
+@dataclass
+class PluginArguments(WSPOArguments, WPOArguments, GRPOArguments, PrecomputeArguments, ScoringArguments):
     r"""Every argument of the plugin stages."""
 
     def check_plugin_args(self) -> None:

@@ -108,6 +108,22 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+def rows_logps_and_alignment(
+    logits: torch.Tensor, targets: torch.Tensor, alignment: str = "none", chunk_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``log pi(targets[i])`` and WPO's alignment term for each row of ``logits`` (``rows x vocab``), in float32.
+
+    The rows are the scored positions only (see ``llamafactory_wspo.scoring``); the float32 work runs in chunks
+    and the backward pass recomputes each chunk's softmax, as in :func:`policy_logps_and_alignment`.
+    """
+    if alignment not in ("sampled", "greedy", "none"):
+        raise ValueError(f"Unknown WPO alignment: {alignment}.")
+
+    index = torch.arange(logits.size(0), device=logits.device)
+    chunk = chunk_size or max(1, FLOAT32_CHUNK_BYTES // (4 * logits.size(-1)))
+    return _ChunkedTokenLogps.apply(logits, index, targets, alignment, chunk)
+
+
 def policy_logps_and_alignment(
     logits: torch.Tensor,
     labels: torch.Tensor,

@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 
 from .identity import FileHashes
 from .logging import get_logger
-from .losses import IGNORE_INDEX, per_token_logps
+from .losses import IGNORE_INDEX
+from .scoring import score_tokens
 
 
 if TYPE_CHECKING:
@@ -210,13 +211,6 @@ def zero3_init_disabled():
         hf_deepspeed.set_hf_deepspeed_config(config)
 
 
-def model_token_logps(model: "torch.nn.Module", batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Float32 per-token log-probs of ``batch["labels"]`` under ``model`` (see :func:`per_token_logps`)."""
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
-    logits = model(**inputs, use_cache=False).logits
-    return per_token_logps(logits, batch["labels"])
-
-
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -267,8 +261,10 @@ def _score(
     batch_size: int,
     desc: str,
     show_progress: bool,
+    response_only: bool,
 ) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
-    r"""Per-token log-probs of ``uids`` under ``model``, and the pass's timing (whole pass, forward calls alone)."""
+    r"""Per-token log-probs of ``uids`` under ``model``, and the pass's timing (the whole pass; the forward calls
+    with their scoring alone, without collating and copying)."""
     device = next(model.parameters()).device
     order = sorted(uids, key=examples.length, reverse=True)  # neighbours of similar length: little padding
     out: dict[int, torch.Tensor] = {}
@@ -279,12 +275,10 @@ def _score(
         batch = collate([examples.feature(uid) for uid in chunk])
         batch = {key: value.to(device) for key, value in batch.items() if torch.is_tensor(value)}
         forward_started = time.perf_counter()
-        logits = model(**{key: value for key, value in batch.items() if key != "labels"}, use_cache=False).logits
+        logps, _, mask, _ = score_tokens(model, batch, response_only=response_only)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         stats["forward_seconds"] += time.perf_counter() - forward_started
-        logps, mask = per_token_logps(logits, batch["labels"])
-        del logits
         logps, mask = logps.cpu(), mask.cpu()
         if not bool(torch.isfinite(logps[mask]).all()):
             raise ValueError(f"{desc}: the model gives non-finite log-probs; check its weights and `infer_dtype`.")
@@ -432,6 +426,7 @@ def precompute_logps(
     extra: dict[str, Any],
     batch_size: int,
     show_progress: bool = True,
+    response_only: bool = True,
 ) -> LogpsStore:
     r"""Compute (or reuse) ``combine({model.name: per-token logps})`` for every example of ``datasets``.
 
@@ -460,7 +455,7 @@ def precompute_logps(
 
         _barrier()
         rows, names, passes = _compute_shard(
-            examples, uids[rank::world], models, combine, collate, batch_size, show_progress
+            examples, uids[rank::world], models, combine, collate, batch_size, show_progress, response_only
         )
         try:
             digest, size = LogpsStore.from_rows(rows, names).save(os.path.join(target, _shard_name(rank, world)))
@@ -506,6 +501,7 @@ def _compute_shard(
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
     batch_size: int,
     show_progress: bool,
+    response_only: bool,
 ) -> tuple[dict[int, dict[str, torch.Tensor]], list[str], dict[str, Any]]:
     r"""Score this rank's ``share`` with each frozen model in turn: the rows to store, their columns, the timings."""
     scores: dict[str, dict[int, torch.Tensor]] = {}
@@ -517,7 +513,7 @@ def _compute_shard(
         model.eval()
         desc = f"Precomputing {model_spec.name} log-probs"
         scores[model_spec.name], passes[model_spec.name] = _score(
-            model, examples, share, collate, batch_size, desc, show_progress
+            model, examples, share, collate, batch_size, desc, show_progress, response_only
         )
         del model
         gc.collect()

@@ -65,6 +65,7 @@ def precompute_frozen_logps(
         extra=extra,
         batch_size=finetuning_args.precompute_batch_size or training_args.per_device_eval_batch_size,
         show_progress=training_args.should_log,
+        response_only=finetuning_args.response_only_logits,
     )
 
 

@@ -7,8 +7,9 @@ import torch
 from llamafactory.train.kto.trainer import CustomKTOTrainer
 from typing_extensions import override
 
-from ...losses import policy_logps_and_alignment, response_mask, wpo_sequence_weight, wpo_unpaired_weights
+from ...losses import response_mask, wpo_sequence_weight, wpo_unpaired_weights
 from ...precompute import KL_PREFIX, REF_LOGPS
+from ...scoring import score_tokens
 from ..callbacks import WPOWeightsCallback
 from ..guards import FiniteLossMixin
 
@@ -49,14 +50,14 @@ class CustomWPOKTOTrainer(FiniteLossMixin, CustomKTOTrainer):
         self, model: "PreTrainedModel", batch: dict[str, torch.Tensor], prefix: str = "", alignment: str = "none"
     ) -> KTOOutputs:
         r"""The outputs of the rows whose columns start with ``prefix`` (``""``: the targets, ``KL_PREFIX``: KL)."""
-        inputs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"]}
-        logits = model(**inputs, return_dict=True, use_cache=False).logits
-        token_logps, aligned, mask = policy_logps_and_alignment(logits, batch[f"{prefix}labels"], alignment)
+        inputs = {key: batch[f"{prefix}{key}"] for key in ("input_ids", "attention_mask", "labels")}
+        response_only = self.finetuning_args.response_only_logits
+        token_logps, aligned, mask, mean_logits = score_tokens(model, inputs, alignment, response_only)
         logps = token_logps.sum(-1)
         return KTOOutputs(
             logps=logps,
             logps_avg=logps / mask.sum(-1).clamp(min=1),
-            logits=logits.detach().mean(dim=(1, 2)).float(),
+            logits=mean_logits,
             weights=wpo_sequence_weight(aligned, mask),
         )
 

@@ -7,8 +7,9 @@ from llamafactory.train.dpo.trainer import CustomDPOTrainer
 from llamafactory.train.trainer_utils import nested_detach
 from typing_extensions import override
 
-from ...losses import policy_logps_and_alignment, response_mask, wpo_pair_weight, wpo_sequence_weight
+from ...losses import response_mask, wpo_pair_weight, wpo_sequence_weight
 from ...precompute import REF_LOGPS
+from ...scoring import score_tokens
 from ..callbacks import WPOWeightsCallback
 from ..guards import FiniteLossMixin
 from ..metrics import PreferenceMetricsMixin
@@ -49,17 +50,17 @@ class CustomWPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomDPOTrainer
             batch = nested_detach(batch, clone=True)
 
         labels = batch.pop("labels")
-        logits = model(**batch, return_dict=True, use_cache=False).logits
         alignment = "none" if is_ref_model else self.alignment
-        token_logps, aligned, mask = policy_logps_and_alignment(logits, labels, alignment)
+        response_only = self.finetuning_args.response_only_logits
+        token_logps, aligned, mask, mean_logits = score_tokens(
+            model, {**batch, "labels": labels}, alignment, response_only
+        )
         output = self._sequence_outputs(token_logps, mask)
         if not is_ref_model:
             output["weights"] = wpo_sequence_weight(aligned, mask)  # chosen rows, then rejected rows
             batch_size = labels.size(0) // 2
             with torch.no_grad():
-                output["chosen_logits"], output["rejected_logits"] = (
-                    logits.detach().mean(dim=(1, 2)).float().split(batch_size, dim=0)
-                )
+                output["chosen_logits"], output["rejected_logits"] = mean_logits.split(batch_size, dim=0)
 
         return output
 

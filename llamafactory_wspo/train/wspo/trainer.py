@@ -10,7 +10,8 @@ from trl.trainer.utils import disable_dropout_in_model
 from typing_extensions import override
 
 from ...losses import sft_loss, wspo_loss
-from ...precompute import REF_LOGPS, WEAK_SHIFT, model_token_logps
+from ...precompute import REF_LOGPS, WEAK_SHIFT
+from ...scoring import TokenScores, score_tokens
 from ..guards import FiniteLossMixin
 from ..metrics import PreferenceMetricsMixin
 
@@ -77,12 +78,15 @@ class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
         model.eval()
         return model
 
+    def _logps(self, model: "torch.nn.Module", batch: dict[str, torch.Tensor]) -> TokenScores:
+        return score_tokens(model, batch, response_only=self.finetuning_args.response_only_logits)
+
     @torch.no_grad()
     def compute_targets(self, model: "PreTrainedModel", batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         r"""Per-step mode: the same values that the precompute pass stores."""
         logps = {}
         for name in ("weak_base", "weak_aligned"):
-            logps[name], _ = model_token_logps(self.frozen_models[name], batch)
+            logps[name] = self._logps(self.frozen_models[name], batch).logps
 
         if "ref" in self.frozen_models:
             ref_model, ref_context = self.frozen_models["ref"], nullcontext()
@@ -90,7 +94,7 @@ class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
             ref_model, ref_context = model, self.accelerator.unwrap_model(model).disable_adapter()
 
         with ref_context:
-            logps["ref"], _ = model_token_logps(ref_model, batch)
+            logps["ref"] = self._logps(ref_model, batch).logps
 
         return wspo_targets(logps, self.storage_dtype)
 
@@ -101,7 +105,7 @@ class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
         if not targets:
             targets = self.compute_targets(model, batch)
 
-        policy_logps, mask = model_token_logps(model, batch)
+        policy_logps, _, mask, _ = self._logps(model, batch)
         ref_logps = targets[REF_LOGPS].float()
         weak_shift = targets[WEAK_SHIFT].float()
         fit = wspo_loss(policy_logps, ref_logps, weak_shift, mask, self.gamma)
