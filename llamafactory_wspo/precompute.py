@@ -17,16 +17,18 @@ once, before the policy is loaded:
    warning naming the file.
 """
 
+import copy
 import errno
 import gc
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,7 @@ from tqdm.auto import tqdm
 from .identity import FileHashes
 from .logging import get_logger
 from .losses import IGNORE_INDEX
+from .projection import WEAK_COLUMNS, WEAK_PROJECTION
 from .scoring import score_tokens
 
 
@@ -56,13 +59,23 @@ WEAK_SHIFT = "weak_shift"  # w_t = log pi_w*(y_t) - log pi_w0(y_t): the weak mod
 KL_PREFIX = "kl_"  # the KL rows of a KTO batch carry their columns under this prefix
 
 
-def example_uid(input_ids: Sequence[int], labels: Sequence[int]) -> int:
-    r"""A content hash of one tokenized example, as a signed 64-bit integer."""
+def example_uid(input_ids: Sequence[int], labels: Sequence[int], *weak: Sequence[int]) -> int:
+    r"""A content hash of one tokenized example, as a signed 64-bit integer (``weak``: the weak side's columns of
+    cross-tokenizer WSPO, so that a cached row is keyed by the strong and the weak ids together)."""
     digest = hashlib.blake2b(digest_size=8)
     digest.update(array("q", input_ids).tobytes())
     digest.update(b"|")
     digest.update(array("q", labels).tobytes())
+    for column in weak:
+        digest.update(b"|")
+        digest.update(array("q", column).tobytes())
     return int.from_bytes(digest.digest(), "little", signed=True)
+
+
+def row_uid(row: Mapping[str, Sequence[int]], prefix: str = "") -> int:
+    r""":func:`example_uid` of a row's ``{prefix}input_ids`` and ``{prefix}labels`` and of its weak columns, if any."""
+    weak = [row[f"{prefix}{name}"] for name in WEAK_COLUMNS if f"{prefix}{name}" in row]
+    return example_uid(row[f"{prefix}input_ids"], row[f"{prefix}labels"], *weak)
 
 
 def num_response_tokens(labels: Sequence[int]) -> int:
@@ -189,26 +202,95 @@ def fingerprint(uids: Sequence[int], identities: dict[str, Any], extra: dict[str
     return digest.hexdigest()[:32]
 
 
-@contextmanager
-def zero3_init_disabled():
-    r"""Load a frozen model whole on each rank, without ZeRO-3 partitioning.
-
-    The precompute pass runs before the policy exists, so each rank has its whole device memory for
-    one frozen model; unpartitioned, each rank runs its own share of the data with no collective.
-    """
+def _hf_deepspeed_config() -> dict[str, Any] | None:
+    r"""The DeepSpeed config of this run when it uses ZeRO-3 (as ``TrainingArguments`` resolved it), else ``None``."""
     from transformers.integrations import deepspeed as hf_deepspeed
 
     ref = hf_deepspeed._hf_deepspeed_config_weak_ref
     config = ref() if ref is not None else None
-    if config is None:
-        yield
-        return
+    return config if config is not None and config.is_zero3() else None
 
-    hf_deepspeed.unset_hf_deepspeed_config()
+
+def _inference_config(ds_config: Any, model: "torch.nn.Module") -> dict[str, Any]:
+    r"""The run's ZeRO-3 config for a frozen model: no optimiser or scheduler, and the ``auto`` values that depend on
+    the model resolved as the Trainer resolves them (``HfTrainerDeepSpeedConfig.trainer_config_finalize``)."""
+    config = copy.deepcopy(ds_config.config)
+    config.pop("optimizer", None)
+    config.pop("scheduler", None)
+    text = model.config.get_text_config()
+    hidden = max(text.hidden_sizes) if getattr(text, "hidden_sizes", None) else text.hidden_size
+    zero = config.setdefault("zero_optimization", {})
+    for key, value in (
+        ("reduce_bucket_size", hidden * hidden),
+        ("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden)),
+        ("stage3_param_persistence_threshold", 10 * hidden),
+    ):
+        if zero.get(key, "auto") == "auto":
+            zero[key] = value
+
+    left = [path for path, value in _walk(config) if value == "auto"]
+    if left:
+        raise ValueError(
+            f"The DeepSpeed config leaves {', '.join(left)} as `auto` for the precompute pass: set a value, or "
+            "`precompute_logps: false`."
+        )
+
+    return config
+
+
+def _walk(config: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _walk(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@contextmanager
+def frozen_for_pass(model_spec: "FrozenModel", world: int) -> Iterator["torch.nn.Module"]:
+    r"""A frozen model loaded for the precompute pass, in evaluation mode, freed afterwards.
+
+    Under ZeRO-3 with several ranks it is loaded partitioned (``zero.Init``) and run by a DeepSpeed engine, as the
+    per-step mode runs it: each rank holds only its share of the weights, so any model that trains also
+    precomputes. Otherwise each rank loads it whole.
+    """
+    ds_config = _hf_deepspeed_config() if world > 1 else None
+    if ds_config is None:
+        from transformers.integrations import deepspeed as hf_deepspeed
+
+        ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+        config = ref() if ref is not None else None
+        if config is not None:  # ZeRO-1/2 (or one rank): no partitioned loading
+            hf_deepspeed.unset_hf_deepspeed_config()
+        try:
+            model = model_spec.load()
+        finally:
+            if config is not None:
+                hf_deepspeed.set_hf_deepspeed_config(config)
+        engine = None
+    else:
+        import deepspeed
+
+        loaded = model_spec.load()  # partitioned as it loads
+        held = sum(param.ds_tensor.numel() for param in loaded.parameters())
+        total = sum(param.ds_numel for param in loaded.parameters())
+        logger.info_rank0(
+            f"Precomputing {model_spec.name} log-probs sharded by ZeRO-3: this rank holds {held} of its {total} "
+            "parameters."
+        )
+        engine, *_ = deepspeed.initialize(model=loaded, config=_inference_config(ds_config, loaded))
+        model = engine
+
+    model.eval()
     try:
-        yield
+        yield model
     finally:
-        hf_deepspeed.set_hf_deepspeed_config(config)
+        if engine is not None and hasattr(engine, "destroy"):
+            engine.destroy()
+        del model, engine
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _barrier() -> None:
@@ -227,17 +309,19 @@ class ExampleIndex:
     r"""The unique examples of several data sets, keyed by uid, read in batches and fetched on demand."""
 
     def __init__(self, datasets: Sequence[Any], read_batch_size: int = 1024) -> None:
-        self.datasets = [dataset.select_columns(["input_ids", "labels"]) for dataset in datasets]
+        weak = [name for name in WEAK_COLUMNS if datasets and all(name in d.column_names for d in datasets)]
+        self.datasets = [dataset.select_columns(["input_ids", "labels", *weak]) for dataset in datasets]
         self.locations: dict[int, tuple[int, int, int]] = {}  # uid -> (data set, row, length)
         self.num_tokens = 0  # response tokens of the unique examples: the stored values
         for which, dataset in enumerate(self.datasets):
             for start in range(0, len(dataset), read_batch_size):
                 batch = dataset[start : start + read_batch_size]
-                for offset, (input_ids, labels) in enumerate(zip(batch["input_ids"], batch["labels"])):
-                    uid = example_uid(input_ids, labels)
+                for offset in range(len(batch["input_ids"])):
+                    row = {name: values[offset] for name, values in batch.items()}
+                    uid = row_uid(row)
                     if uid not in self.locations:
-                        self.locations[uid] = (which, start + offset, len(input_ids))
-                        self.num_tokens += num_response_tokens(labels)
+                        self.locations[uid] = (which, start + offset, len(row["input_ids"]))
+                        self.num_tokens += num_response_tokens(row["labels"])
 
     @property
     def uids(self) -> list[int]:
@@ -246,10 +330,40 @@ class ExampleIndex:
     def length(self, uid: int) -> int:
         return self.locations[uid][2]
 
-    def feature(self, uid: int) -> dict[str, list[int]]:
-        which, row, length = self.locations[uid]
+    def feature(self, uid: int, prefix: str = "") -> dict[str, list[int]]:
+        which, row, _ = self.locations[uid]
         example = self.datasets[which][row]
-        return {"input_ids": example["input_ids"], "attention_mask": [1] * length, "labels": example["labels"]}
+        input_ids = example[f"{prefix}input_ids"]
+        return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": example[f"{prefix}labels"]}
+
+    def row_columns(self, uid: int) -> dict[str, torch.Tensor]:
+        r"""What ``combine`` needs of a row besides the log-probs: its ``weak_projection``, if it has one."""
+        which, row, _ = self.locations[uid]
+        if WEAK_PROJECTION not in self.datasets[which].column_names:
+            return {}
+
+        return {WEAK_PROJECTION: torch.tensor(self.datasets[which][row][WEAK_PROJECTION], dtype=torch.int64)}
+
+    def scored_by(self, model_spec: "FrozenModel") -> "ExampleIndex | _PrefixedExamples":
+        r"""These examples as ``model_spec`` scores them: its ``input_prefix`` columns (the weak rendering)."""
+        return _PrefixedExamples(self, model_spec.input_prefix) if model_spec.input_prefix else self
+
+
+class _PrefixedExamples:
+    r"""The examples of an :class:`ExampleIndex` read from the ``prefix`` columns (``weak_input_ids``, ...)."""
+
+    def __init__(self, examples: ExampleIndex, prefix: str) -> None:
+        self.examples, self.prefix = examples, prefix
+
+    @property
+    def uids(self) -> list[int]:
+        return self.examples.uids
+
+    def length(self, uid: int) -> int:
+        return self.examples.length(uid)
+
+    def feature(self, uid: int) -> dict[str, list[int]]:
+        return self.examples.feature(uid, self.prefix)
 
 
 @torch.no_grad()
@@ -262,17 +376,19 @@ def _score(
     desc: str,
     show_progress: bool,
     response_only: bool,
+    num_batches: int,
 ) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
-    r"""Per-token log-probs of ``uids`` under ``model``, and the pass's timing (the whole pass; the forward calls
-    with their scoring alone, without collating and copying)."""
+    r"""Per-token log-probs of ``uids`` under ``model`` in ``num_batches`` forward calls (a short share repeats an
+    example, whose values are not kept), and the pass's timing (the whole pass; the forward calls with their
+    scoring alone, without collating and copying)."""
     device = next(model.parameters()).device
     order = sorted(uids, key=examples.length, reverse=True)  # neighbours of similar length: little padding
     out: dict[int, torch.Tensor] = {}
     stats = {"seconds": 0.0, "forward_seconds": 0.0, "tokens": 0, "batches": 0}
     started = time.perf_counter()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress):
+    for start in tqdm(range(0, num_batches * batch_size, batch_size), desc=desc, disable=not show_progress):
         chunk = order[start : start + batch_size]
-        batch = collate([examples.feature(uid) for uid in chunk])
+        batch = collate([examples.feature(uid) for uid in chunk or examples.uids[:1]])
         batch = {key: value.to(device) for key, value in batch.items() if torch.is_tensor(value)}
         forward_started = time.perf_counter()
         logps, _, mask, _ = score_tokens(model, batch, response_only=response_only)
@@ -506,20 +622,26 @@ def _compute_shard(
     r"""Score this rank's ``share`` with each frozen model in turn: the rows to store, their columns, the timings."""
     scores: dict[str, dict[int, torch.Tensor]] = {}
     passes: dict[str, Any] = {}
+    _, world = _rank_and_world()
+    # Every rank makes the same number of forward calls (a ZeRO-3 forward gathers weights with the others).
+    num_batches = math.ceil(math.ceil(len(examples.uids) / world) / batch_size)
     for model_spec in models:
-        with zero3_init_disabled():
-            model = model_spec.load()
+        with frozen_for_pass(model_spec, world) as model:
+            desc = f"Precomputing {model_spec.name} log-probs"
+            scores[model_spec.name], passes[model_spec.name] = _score(
+                model,
+                examples.scored_by(model_spec),
+                share,
+                collate,
+                batch_size,
+                desc,
+                show_progress,
+                response_only,
+                num_batches,
+            )
+            del model  # the next model loads only once this one is freed
 
-        model.eval()
-        desc = f"Precomputing {model_spec.name} log-probs"
-        scores[model_spec.name], passes[model_spec.name] = _score(
-            model, examples, share, collate, batch_size, desc, show_progress, response_only
-        )
-        del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    rows = {uid: combine({name: scores[name][uid] for name in scores}) for uid in share}
+    columns = {uid: examples.row_columns(uid) for uid in share}  # the projection of cross-tokenizer WSPO
+    rows = {uid: combine({**{name: scores[name][uid] for name in scores}, **columns[uid]}) for uid in share}
     names = list(combine({model_spec.name: torch.zeros(0) for model_spec in models}))
     return rows, names, passes
