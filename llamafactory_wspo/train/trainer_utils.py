@@ -74,14 +74,13 @@ def train_and_evaluate(
     dataset_module: dict,
     model_args: "ModelArguments",
     data_args,
-    training_args,
-    finetuning_args: "PluginArguments",
     plot_keys: Sequence[str],
     tps_stage: str,
     plot_extra: Callable[[str], str | None] | None = None,
     drop_eval_rewards: bool = False,
 ) -> None:
-    r"""Train, save, plot and evaluate as LLaMA-Factory's own workflows do."""
+    r"""Train, save, plot and evaluate as LLaMA-Factory's own workflows do (with the trainer's own arguments)."""
+    training_args, finetuning_args = trainer.args, trainer.finetuning_args
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()

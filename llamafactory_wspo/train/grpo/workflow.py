@@ -82,13 +82,5 @@ def run_grpo(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    train_and_evaluate(
-        trainer,
-        dataset_module,
-        model_args,
-        data_args,
-        config,
-        finetuning_args,
-        plot_keys=["loss", "reward"],
-        tps_stage="sft",  # unused: `include_effective_tokens_per_second` is refused,
-    )
+    # `tps_stage` is unused: `include_effective_tokens_per_second` is refused for this stage
+    train_and_evaluate(trainer, dataset_module, model_args, data_args, plot_keys=["loss", "reward"], tps_stage="sft")

@@ -133,8 +133,6 @@ def run_wpo(
         dataset_module,
         model_args,
         data_args,
-        training_args,
-        finetuning_args,
         plot_keys=["loss", "rewards/chosen" if kto else "rewards/accuracies", "wpo/weight_mean"],
         tps_stage="sft" if kto else "rm",  # a KTO row holds one sequence in `input_ids`
         plot_extra=plot_wpo_weights,

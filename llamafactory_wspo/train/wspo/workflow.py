@@ -8,9 +8,11 @@ from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.model import load_model, load_tokenizer
 
 from ...data import SFTDataCollatorWithLogps, check_wspo_data, get_wspo_dataset, max_token_id
-from ...frozen import check_embedding_sizes, check_vocabularies, frozen_models
+from ...data.cross import cross_tokenizer_side
+from ...frozen import check_embedding_sizes, frozen_models
 from ...logging import get_logger
 from ..trainer_utils import check_model_paths, precompute_frozen_logps, train_and_evaluate
+from .cross import projected_targets
 from .trainer import CustomWSPOTrainer, wspo_targets
 
 
@@ -37,12 +39,20 @@ def run_wspo(
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
     frozen = frozen_models(model_args, finetuning_args)
-    check_vocabularies(tokenizer, frozen, model_args.model_name_or_path)
+    weak_side = cross_tokenizer_side(tokenizer, frozen, model_args, data_args, finetuning_args)
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     dataset_module = get_wspo_dataset(
-        template, model_args, data_args, training_args, finetuning_args, pairwise, **tokenizer_module
+        template, model_args, data_args, training_args, finetuning_args, pairwise, weak_side, **tokenizer_module
     )
-    check_embedding_sizes(frozen, max_token_id(dataset_module), len(tokenizer))
+    if weak_side is None:
+        check_embedding_sizes(frozen, max_token_id(dataset_module), len(tokenizer))
+    else:  # the weak models score the weak rendering of each row
+        check_embedding_sizes([frozen.ref], max_token_id(dataset_module), len(tokenizer))
+        weak_models = [frozen.weak_base, frozen.weak_aligned]
+        check_embedding_sizes(
+            weak_models, max_token_id(dataset_module, weak=True), len(weak_side.tokenizer), "weak_base_model"
+        )
+        frozen = frozen.weak_models_score_weak_columns()
     storage_dtype = model_args.compute_dtype or torch.float32
     logger.info_rank0(
         f"WSPO: gamma (pref_beta) = {finetuning_args.pref_beta}, pref_ftx = {finetuning_args.pref_ftx}, "
@@ -61,7 +71,7 @@ def run_wspo(
         store = precompute_frozen_logps(
             dataset_module,
             frozen,
-            combine=lambda logps: wspo_targets(logps, storage_dtype),
+            combine=lambda logps: (projected_targets if weak_side else wspo_targets)(logps, storage_dtype),
             collate=SFTDataCollatorWithLogps(**collator_args),
             training_args=training_args,
             finetuning_args=finetuning_args,
@@ -72,6 +82,7 @@ def run_wspo(
                 "wspo_response": finetuning_args.wspo_response if pairwise else None,
                 "dtype": str(storage_dtype),
                 "tokenizer_size": len(tokenizer),
+                **(weak_side.cache_key() if weak_side else {}),
             },
         )
 
@@ -101,8 +112,6 @@ def run_wspo(
         dataset_module,
         model_args,
         data_args,
-        training_args,
-        finetuning_args,
         plot_keys=["loss", "wspo/fit_mse"],
         tps_stage="sft",
     )
