@@ -24,6 +24,11 @@ the precompute pass: its time and the time of the bare no-grad forwards inside i
 the same batches), whose ratio is the pass's speed relative to a bare forward. On a GPU also model FLOPs
 utilisation of the policy (6 x parameters x tokens per second / ``--peak_tflops``).
 
+Before the modes, the start-up cost of the plugin: the ``.pth`` hook runs in every Python process of the
+environment, so its import time (``python -X importtime``, cumulative, fastest of ``--startup_runs``) and the
+interpreter start-up (``python -c pass``, fastest run) with the plugin and with ``LLAMAFACTORY_WSPO_DISABLE=1``
+are reported too (the switch leaves the hook's module imported but installs nothing).
+
 With ``--repeats`` (default 2; 1 with ``--quick``) the modes run that many times, interleaved, and each mode's
 fastest run counts (noise on a shared machine only ever adds time). The ratios and their targets are printed and written with everything else to ``--output``; ``--check``
 makes the exit status 1 when a target is missed.
@@ -33,6 +38,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -83,7 +89,7 @@ TARGETS = (
 
 def build_assets(out: Path, preset: str, num_examples: int, response_words: int, seed: int) -> None:
     r"""Tokenizer, strong / weak / weak-aligned models and the data sets (same prompts for every mode)."""
-    import tiny_assets
+    from llamafactory_wspo.extras import tiny_assets
 
     tiny_assets.build_tokenizer(out / "tokenizer")
     shapes = PRESETS[preset]
@@ -143,6 +149,51 @@ def _build_model(out: Path, tokenizer_dir: Path, shape: dict[str, int], seed: in
     tokenizer.save_pretrained(str(out))
 
 
+# ------------------------------------------------------------------------------------------------ start-up
+
+
+def _startup_env(**extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "LLAMAFACTORY_WSPO_DISABLE"}
+    env.update(PYTHONWARNINGS="ignore", **extra)
+    return env
+
+
+def measure_startup(runs: int) -> dict[str, float]:
+    r"""The hook's import time and the interpreter's start-up with and without the plugin, in milliseconds.
+
+    Each figure is the fastest of ``runs`` fresh interpreters (noise on a shared machine only adds time); the
+    two start-up variants alternate so that a slow phase of the machine hits both.
+    """
+    pattern = re.compile(r"import time:\s+\d+ \|\s+(\d+) \|\s+llamafactory_wspo\._autoload\s*$", re.M)
+    hook, plugin, disabled = [], [], []
+    for _ in range(runs):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "pass"], env=_startup_env(), capture_output=True, text=True
+        )
+        match = pattern.search(proc.stderr)
+        if match is None:
+            raise SystemExit(f"the start-up hook did not run:\n{proc.stderr[-2000:]}")
+        hook.append(int(match.group(1)) / 1000)  # cumulative microseconds: the package and its start-up hook
+        for times, extra in ((plugin, {}), (disabled, {"LLAMAFACTORY_WSPO_DISABLE": "1"})):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], env=_startup_env(**extra), check=True)
+            times.append((time.perf_counter() - started) * 1000)
+    return {
+        "runs": runs,
+        "hook_import_ms": min(hook),
+        "interpreter_ms": min(plugin),
+        "interpreter_disabled_ms": min(disabled),
+    }
+
+
+def startup_line(startup: dict[str, float]) -> str:
+    return (
+        f"start-up hook: {startup['hook_import_ms']:.2f} ms (python -X importtime), "
+        f"{startup['interpreter_ms']:.1f} ms interpreter start with vs. {startup['interpreter_disabled_ms']:.1f} ms "
+        f"without the plugin (LLAMAFACTORY_WSPO_DISABLE=1); fastest of {startup['runs']}"
+    )
+
+
 # ------------------------------------------------------------------------------------------------ one mode
 
 
@@ -187,6 +238,20 @@ def mode_config(mode: str, assets: Path, work: Path, args: argparse.Namespace) -
         config.update(stage="wpo", dataset="bench_pairs", wpo_alignment="sampled", **pref, **cache)
         config["precompute_logps"] = mode == "wpo_precomputed"
     return config
+
+
+def precompute_passes(cache_dir: str | None) -> list[dict[str, Any]]:
+    r"""Timing of each frozen model's scoring pass, as the precompute pass recorded it in its cache manifest.
+
+    Every run gets a fresh cache folder, so a manifest there was written by this run's pass; a mode without a
+    pass (stock stages, per-step modes) has none.
+    """
+    if not cache_dir or not os.path.isdir(cache_dir):
+        return []
+    passes = []
+    for manifest in sorted(Path(cache_dir).glob("*/manifest.json")):
+        passes.extend(json.loads(manifest.read_text(encoding="utf-8"))["passes"].values())
+    return passes
 
 
 def run_worker(config_path: Path, result_path: Path, device: str, threads: int) -> None:
@@ -242,13 +307,11 @@ def run_worker(config_path: Path, result_path: Path, device: str, threads: int) 
 
     from llamafactory.train.tuner import run_exp
 
-    from llamafactory_wspo import precompute
-
     meter = Meter()
     started = time.perf_counter()
     run_exp(config, callbacks=[meter])
     total = time.perf_counter() - started
-    passes = precompute.PASS_STATS
+    passes = precompute_passes(config.get("logps_cache_dir"))
     result = {
         "step_times": meter.step_times,
         "step_tokens": meter.tokens,
@@ -303,8 +366,11 @@ def ratios(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def print_report(results: dict[str, dict[str, Any]], rows: list[dict[str, Any]], header: str) -> None:
+def print_report(
+    results: dict[str, dict[str, Any]], rows: list[dict[str, Any]], header: str, startup: dict[str, float]
+) -> None:
     print(f"\n{header}\n")
+    print(startup_line(startup) + "\n")
     has_mfu = any("mfu" in item for item in results.values())
     print(
         f"{'mode':<17}{'step s (median)':>16}{'tokens/s':>11}{'peak MB':>10}{'train s':>9}{'precompute s':>14}"
@@ -336,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq_len", type=int, default=None, help="cutoff_len; responses fill most of it.")
     parser.add_argument("--repeats", type=int, default=None, help="Runs per mode, interleaved; the fastest counts.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU; default: all cores).")
+    parser.add_argument("--startup_runs", type=int, default=None, help="Interpreters started to time the hook.")
     parser.add_argument("--gradient_checkpointing", action="store_true", help="Gradient checkpointing in every mode.")
     parser.add_argument("--peak_tflops", type=float, default=989.0, help="Peak bf16 TFLOP/s for MFU (H100: 989).")
     parser.add_argument("--keep", type=Path, default=None, help="Keep the assets and runs in this folder.")
@@ -348,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick
         else {"preset": "small", "steps": 16, "warmup": 4, "batch_size": 8, "seq_len": 256, "repeats": 2}
     )
+    defaults["startup_runs"] = 5 if args.quick else 20
     if args.device == "cuda":
         defaults.update(preset="qwen2-1.5b", batch_size=4, seq_len=1024, steps=20, warmup=5)
     for key, value in defaults.items():
@@ -367,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup >= args.steps:
         parser.error(f"--warmup ({args.warmup}) must be smaller than --steps ({args.steps}).")
 
+    print(f"timing the start-up hook ({args.startup_runs} interpreters) ...", flush=True)
+    startup = measure_startup(args.startup_runs)
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="wspo-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     assets = workdir / "assets"
@@ -433,9 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         f"batch {args.batch_size}, cutoff {args.seq_len}, {args.steps} steps ({args.warmup} warm-up), "
         f"{args.threads} threads, fastest of {args.repeats} runs per mode"
     )
-    print_report(results, rows, header)
+    print_report(results, rows, header, startup)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"setup": setup, "results": results, "ratios": rows}, indent=2))
+    report = {"setup": setup, "startup": startup, "results": results, "ratios": rows}
+    args.output.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.output}")
     return 1 if args.check and any(row["pass"] is False for row in rows) else 0
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BIN, base_env, log_history, run_train, wspo_config
+from helpers.train import BIN, base_env, log_history, run_train, wspo_config
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -15,6 +15,7 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_startup_imports_nothing_heavy():
+    r"""The start-up hook imports only the standard library and its own package; it patches nothing yet."""
     code = (
         "import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'llamafactory', "
         "'transformers', 'llamafactory_wspo'))); print([type(f).__name__ for f in sys.meta_path])"
@@ -24,25 +25,34 @@ def test_startup_imports_nothing_heavy():
     assert modules == "['llamafactory_wspo', 'llamafactory_wspo._autoload']"
     assert "_PostImportFinder" in finders
 
-
-def test_startup_cost_under_5ms():
-    def cost() -> int:
-        proc = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", "pass"], env=base_env(), capture_output=True, text=True
-        )
-        pattern = r"import time:\s+\d+ \|\s+(\d+) \|\s+llamafactory_wspo._autoload\s*$"
-        match = re.search(pattern, proc.stderr, re.M)
-        assert match, proc.stderr[-2000:]
-        return int(match.group(1))  # cumulative microseconds: the package and its start-up hook
-
-    assert min(cost() for _ in range(7)) < 5000  # the minimum filters out noise from other processes
+    # Every import made while the .pth line imports the hook: the lines nested above the hook's own line.
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "pass"], env=base_env(), capture_output=True, text=True, timeout=120
+    )
+    lines = [re.match(r"import time:\s+\d+ \|\s+\d+ \|( *)(\S+)\s*$", line) for line in proc.stderr.splitlines()]
+    entries = [(len(match.group(1)), match.group(2)) for match in lines if match]
+    (position,) = [i for i, (_, name) in enumerate(entries) if name == "llamafactory_wspo._autoload"]
+    depth = entries[position][0]
+    nested = []
+    for indent, name in reversed(entries[:position]):
+        if indent <= depth:
+            break
+        nested.append(name)
+    assert "llamafactory_wspo" in nested  # the package itself is imported on the way
+    foreign = [name for name in nested if name.split(".")[0] not in (*sys.stdlib_module_names, "llamafactory_wspo")]
+    assert not foreign, foreign
 
 
 def test_disable_switch_turns_everything_off():
+    import llamafactory.hparams.parser
+    import llamafactory.train.tuner  # noqa: F401 (what `llamafactory-cli train` imports)
+
+    # on: this pytest process, started like any other Python process of the environment
+    assert llamafactory.hparams.parser._TRAIN_ARGS[3].__module__ == "llamafactory_wspo.integration"
+    assert "_PostImportFinder" in [type(finder).__name__ for finder in sys.meta_path]
     code = "import sys; import llamafactory.hparams.parser as p; print(p._TRAIN_ARGS[3].__module__, sys.meta_path)"
-    on, off = _python(code), _python(code, LLAMAFACTORY_WSPO_DISABLE="1")
-    assert on.stdout.startswith("llamafactory_wspo.integration")
-    assert off.stdout.startswith("llamafactory.hparams.finetuning_args")
+    off = _python(code, LLAMAFACTORY_WSPO_DISABLE="1")
+    assert off.stdout.startswith("llamafactory.hparams.finetuning_args"), off.stderr[-2000:]
     assert "_PostImportFinder" not in off.stdout
 
 
@@ -137,7 +147,9 @@ def test_wheel_installs_the_startup_hook(tmp_path):
     (wheel,) = tmp_path.glob("llamafactory_wspo-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        assert archive.read("llamafactory_wspo.pth").decode().strip() == "import llamafactory_wspo._autoload"
+        hook = archive.read("llamafactory_wspo.pth").decode()
+        assert hook == (root / "llamafactory_wspo.pth").read_text()  # the repository's hook line, as it is
+        assert hook.startswith("import ") and "import llamafactory_wspo._autoload" in hook  # site runs such lines
 
     assert {"llamafactory_wspo/_autoload.py", "llamafactory_wspo/integration.py"} <= names
 

@@ -1,17 +1,38 @@
-"""Each bad input: one clear error naming the argument and the fix, before any model loads, nothing left behind."""
+"""Each bad input: one clear error naming the argument and the fix, before any model loads, nothing left behind.
+
+The cases run LLaMA-Factory's ``run_exp`` in this process (the plugin is active here as in every process of
+the environment); two run ``llamafactory-cli`` because what the user sees at the end of its output is the point.
+"""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import grpo_config, run_train, wpo_config, wspo_config
+from helpers.train import grpo_config, run_train, wpo_config, wspo_config
 
 
-pytestmark = pytest.mark.slow
+def _nothing_written(config: dict) -> None:
+    assert not Path(config["output_dir"]).exists()
+    assert not Path(config["logps_cache_dir"]).exists()
 
 
-def _expect_error(config: dict, workdir: Path, *needles: str, **env: str) -> str:
+def _expect_error(run_in_process, config: dict, *needles: str) -> str:
+    r"""Run ``config`` in this process: it must raise one error whose message holds every needle."""
+    run = run_in_process(config)
+    assert run.error is not None, f"no error; log:\n{run.log[-3000:]}"
+    message = str(run.error)
+    for needle in needles:
+        assert needle in message, run.error_text()
+    assert run.loaded_models == [], run.error_text()  # the error comes before any model loads
+    assert "loading weights file" not in run.log
+    _nothing_written(config)
+    return message
+
+
+def _expect_error_on_the_command_line(config: dict, workdir: Path, *needles: str, **env: str) -> str:
+    r"""Run ``config`` with ``llamafactory-cli train``: the last lines of its output name the error."""
     proc = run_train(config, workdir, check=False, **env)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text[-3000:]
@@ -19,30 +40,35 @@ def _expect_error(config: dict, workdir: Path, *needles: str, **env: str) -> str
     for needle in needles:
         assert needle in last_lines, last_lines
     assert "loading weights file" not in text  # no model was loaded
-    assert not Path(config["output_dir"]).exists()
-    assert not Path(config["logps_cache_dir"]).exists()
+    _nothing_written(config)
     return last_lines
 
 
 @pytest.mark.parametrize("key", ["weak_base_model", "weak_aligned_model"])
-def test_missing_weak_model(assets, tmp_path, key):
+def test_missing_weak_model(assets, tmp_path, run_in_process, key):
     config = wspo_config(assets, tmp_path)
     del config[key]
-    _expect_error(config, tmp_path, f"`{key}` is required for `stage: wspo`")
+    _expect_error(run_in_process, config, f"`{key}` is required for `stage: wspo`")
+
+
+@pytest.mark.slow
+def test_missing_weak_model_on_the_command_line(assets, tmp_path):
+    config = wspo_config(assets, tmp_path, weak_aligned_model=None)
+    _expect_error_on_the_command_line(config, tmp_path, "`weak_aligned_model` is required for `stage: wspo`")
 
 
 @pytest.mark.parametrize("key", ["weak_base_model", "weak_aligned_model", "model_name_or_path", "ref_model"])
-def test_path_that_does_not_exist(assets, tmp_path, key):
+def test_path_that_does_not_exist(assets, tmp_path, run_in_process, key):
     missing = str(tmp_path / "no" / "such" / "model")
     config = wspo_config(assets, tmp_path, **{key: missing})
-    _expect_error(config, tmp_path, f"`{key}` is a path that does not exist: {missing}")
+    _expect_error(run_in_process, config, f"`{key}` is a path that does not exist: {missing}")
 
 
-def test_different_vocabularies(assets, tmp_path):
+def test_different_vocabularies(assets, tmp_path, run_in_process):
     config = wspo_config(assets, tmp_path, weak_base_model=str(assets / "alt_vocab"))
     _expect_error(
+        run_in_process,
         config,
-        tmp_path,
         "different vocabularies",
         "`weak_base_model`",
         str(assets / "alt_vocab"),
@@ -65,67 +91,85 @@ def no_response_data(assets, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("dataset", ["prompts_only", "open_turns"])
-def test_dataset_without_responses(assets, tmp_path, no_response_data, dataset):
+def test_dataset_without_responses(assets, tmp_path, run_in_process, no_response_data, dataset):
     config = wspo_config(assets, tmp_path, dataset=dataset, dataset_dir=str(no_response_data))
-    _expect_error(config, tmp_path, f"`dataset` {dataset} has no responses")
+    _expect_error(run_in_process, config, f"`dataset` {dataset} has no responses")
 
 
 @pytest.mark.parametrize("response", ["rejected", "both"])
-def test_pair_responses_on_data_without_pairs(assets, tmp_path, response):
+def test_pair_responses_on_data_without_pairs(assets, tmp_path, run_in_process, response):
     config = wspo_config(assets, tmp_path, wspo_response=response)
-    _expect_error(config, tmp_path, f"`wspo_response: {response}` needs a pairwise (ranking) data set", "tiny_sft")
+    _expect_error(
+        run_in_process, config, f"`wspo_response: {response}` needs a pairwise (ranking) data set", "tiny_sft"
+    )
 
 
-def test_unknown_wspo_response(assets, tmp_path):
+def test_unknown_wspo_response(assets, tmp_path, run_in_process):
     config = wspo_config(assets, tmp_path, dataset="tiny_pairs", wspo_response="best")
-    _expect_error(config, tmp_path, "`wspo_response` must be one of chosen, rejected, both")
+    _expect_error(run_in_process, config, "`wspo_response` must be one of chosen, rejected, both")
 
 
-def test_unsupported_llamafactory_version(assets, tmp_path):
+def _host_with_version(site: Path, version: str) -> None:
+    r"""LLaMA-Factory as installed, except the version it reports: links to the installed files, one file edited."""
     import llamafactory
 
+    installed = Path(llamafactory.__file__).parent
+    for source, target in (
+        (installed, site / "llamafactory"),
+        (installed / "extras", site / "llamafactory" / "extras"),
+    ):
+        target.mkdir(parents=True, exist_ok=True)
+        for entry in source.iterdir():
+            if entry.name not in ("extras", "env.py", "__pycache__") and not (target / entry.name).exists():
+                os.symlink(entry, target / entry.name)
+    env_py = (installed / "extras" / "env.py").read_text()
+    assert 'VERSION = "0.9.5"' in env_py
+    (site / "llamafactory" / "extras" / "env.py").write_text(
+        env_py.replace('VERSION = "0.9.5"', f'VERSION = "{version}"')
+    )
+
+
+@pytest.mark.slow
+def test_unsupported_llamafactory_version(assets, tmp_path):
     site = tmp_path / "site"
-    shutil.copytree(Path(llamafactory.__file__).parent, site / "llamafactory", ignore=shutil.ignore_patterns("*.pyc"))
-    env_py = site / "llamafactory" / "extras" / "env.py"
-    env_py.write_text(env_py.read_text().replace('VERSION = "0.9.5"', 'VERSION = "0.9.9"'))
+    _host_with_version(site, "0.9.9")
     config = wspo_config(assets, tmp_path)
-    last = _expect_error(
+    last = _expect_error_on_the_command_line(
         config, tmp_path, "LLaMA-Factory 0.9.9 is installed", "supports LLaMA-Factory 0.9.5", PYTHONPATH=str(site)
     )
     assert "UnsupportedLlamaFactoryError" in last
 
 
-def test_wpo_on_data_without_pairs(assets, tmp_path):
+def test_wpo_on_data_without_pairs(assets, tmp_path, run_in_process):
     config = wpo_config(assets, tmp_path, dataset="tiny_sft")
-    _expect_error(config, tmp_path, "`stage: wpo` needs pairwise data sets", "tiny_sft has no pairs")
+    _expect_error(run_in_process, config, "`stage: wpo` needs pairwise data sets", "tiny_sft has no pairs")
 
 
 @pytest.mark.parametrize("key, value", [("wpo_alignment", "beam"), ("wpo_weighting", "both")])
-def test_unknown_wpo_choice(assets, tmp_path, key, value):
-    _expect_error(wpo_config(assets, tmp_path, **{key: value}), tmp_path, f"`{key}` must be one of", repr(value))
+def test_unknown_wpo_choice(assets, tmp_path, run_in_process, key, value):
+    _expect_error(run_in_process, wpo_config(assets, tmp_path, **{key: value}), f"`{key}` must be one of", repr(value))
 
 
 @pytest.mark.parametrize("loss_type", ["aot", "kto_pair"])
-def test_pref_loss_that_cannot_take_a_weight(assets, tmp_path, loss_type):
+def test_pref_loss_that_cannot_take_a_weight(assets, tmp_path, run_in_process, loss_type):
     config = wpo_config(assets, tmp_path, pref_loss=loss_type)
-    _expect_error(config, tmp_path, f"`pref_loss: {loss_type}` cannot take a WPO weight", "sigmoid, hinge, ipo")
+    _expect_error(run_in_process, config, f"`pref_loss: {loss_type}` cannot take a WPO weight", "sigmoid, hinge, ipo")
 
 
-def test_wpo_reference_path_that_does_not_exist(assets, tmp_path):
+def test_wpo_reference_path_that_does_not_exist(assets, tmp_path, run_in_process):
     missing = str(tmp_path / "no" / "ref")
-    _expect_error(
-        wpo_config(assets, tmp_path, ref_model=missing), tmp_path, "`ref_model` is a path that does not exist"
-    )
+    config = wpo_config(assets, tmp_path, ref_model=missing)
+    _expect_error(run_in_process, config, "`ref_model` is a path that does not exist")
 
 
-def test_kto_form_needs_kto_data(assets, tmp_path):
+def test_kto_form_needs_kto_data(assets, tmp_path, run_in_process):
     config = wpo_config(assets, tmp_path, pref_loss="kto")
-    _expect_error(config, tmp_path, "`pref_loss: kto` needs KTO-format data sets", "tiny_pairs")
+    _expect_error(run_in_process, config, "`pref_loss: kto` needs KTO-format data sets", "tiny_pairs")
 
 
-def test_kto_loss_outside_wpo(assets, tmp_path):
+def test_kto_loss_outside_wpo(assets, tmp_path, run_in_process):
     config = wpo_config(assets, tmp_path, pref_loss="kto", stage="dpo")
-    _expect_error(config, tmp_path, "`pref_loss: kto` is the KTO form of `stage: wpo`")
+    _expect_error(run_in_process, config, "`pref_loss: kto` is the KTO form of `stage: wpo`")
 
 
 @pytest.mark.parametrize(
@@ -138,5 +182,35 @@ def test_kto_loss_outside_wpo(assets, tmp_path):
         ({"grpo_num_generations": 3}, "Adjust `grpo_num_generations`"),
     ],
 )
-def test_grpo_bad_arguments(assets, tmp_path, overrides, needle):
-    _expect_error(grpo_config(assets, tmp_path, **overrides), tmp_path, needle)
+def test_grpo_bad_arguments(assets, tmp_path, run_in_process, overrides, needle):
+    _expect_error(run_in_process, grpo_config(assets, tmp_path, **overrides), needle)
+
+
+def _process_state() -> dict:
+    import logging
+
+    import torch
+    import transformers
+    from accelerate.state import PartialState
+
+    return {
+        "environ": dict(os.environ),
+        "transformers_verbosity": transformers.utils.logging.get_verbosity(),
+        "handlers": {name: list(logging.getLogger(name).handlers) for name in ("", "llamafactory", "transformers")},
+        "accelerate": dict(PartialState._shared_state),
+        "distributed": torch.distributed.is_initialized(),
+        "rng": torch.get_rng_state().tolist(),
+    }
+
+
+def test_a_failing_run_leaves_no_state_behind(assets, tmp_path, run_in_process, no_response_data):
+    r"""The in-process runs above share this process: a failed run must not change what the next one sees."""
+    import llamafactory.train.tuner  # noqa: F401 (importing it once configures its loggers for good)
+
+    before = _process_state()
+    # deep enough to parse the training arguments (accelerate's state, set_seed, logging) and load the data
+    config = wspo_config(assets, tmp_path, dataset="prompts_only", dataset_dir=str(no_response_data))
+    _expect_error(run_in_process, config, "`dataset` prompts_only has no responses")
+    after = _process_state()
+    for key in before:
+        assert after[key] == before[key], key

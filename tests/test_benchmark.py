@@ -1,4 +1,5 @@
-"""scripts/benchmark.py in its short form: every mode runs and is measured (no thresholds: timing is not a test)."""
+"""scripts/benchmark.py in its short form: every mode runs and is measured, and so is the start-up hook (no
+thresholds: timing is not a test)."""
 
 import json
 import subprocess
@@ -6,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, base_env
+from helpers.train import ROOT, base_env
 
 
 @pytest.mark.slow
@@ -37,3 +38,9 @@ def test_benchmark_quick(tmp_path: Path) -> None:
     assert {row["ratio"] for row in report["ratios"]} >= {"WSPO step / SFT step", "WPO step / DPO step"}
     assert all(row["value"] is not None for row in report["ratios"])
     assert "WSPO step / SFT step" in proc.stdout
+    # the start-up cost of the .pth hook, timed here rather than in a test
+    startup = report["startup"]
+    assert startup["runs"] == 5
+    assert 0 < startup["hook_import_ms"] < startup["interpreter_ms"]
+    assert startup["interpreter_disabled_ms"] > 0
+    assert "start-up hook: " in proc.stdout and "LLAMAFACTORY_WSPO_DISABLE=1" in proc.stdout

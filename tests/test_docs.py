@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from _cli import snake_case_options
-from conftest import ROOT, base_env
+from helpers.scripts import script_module
+from helpers.train import ROOT, base_env
 
 
+snake_case_options = script_module("_cli").snake_case_options
 READMES = [ROOT / "README.md", *sorted((ROOT / "yaml_recipes").glob("**/README.md"))]
 COMMAND = re.compile(r"python (scripts/[\w]+\.py)((?:[^`\n]|\\\n)*)")
 

@@ -108,6 +108,7 @@ def test_separate_reference_is_built_as_the_host_builds_it(assets, tmp_path, ada
 
 def test_weak_models_take_only_the_documented_loader_options(assets, tmp_path):
     from llamafactory_wspo.frozen import WEAK_MODEL_OPTIONS, frozen_models
+    from llamafactory_wspo.identity import FileHashes
 
     config = wspo_config(
         assets,
@@ -130,10 +131,11 @@ def test_weak_models_take_only_the_documented_loader_options(assets, tmp_path):
 
     # The policy's options reach the reference, and the cache key of every frozen model covers its options.
     assert frozen.ref.model_args.train_from_scratch and frozen.ref.model_args.rope_scaling is not None
-    assert frozen.ref.identity["loader"]["train_from_scratch"] == "True"
+    hashes = FileHashes(None)
+    assert frozen.ref.identity(hashes)["loader"]["train_from_scratch"] == "True"
     other = frozen_models(_parse({**config, "train_from_scratch": False})[0], finetuning_args)
-    assert other.ref.identity != frozen.ref.identity
-    assert other.weak_base.identity == frozen.weak_base.identity
+    assert other.ref.identity(hashes) != frozen.ref.identity(hashes)
+    assert other.weak_base.identity(hashes) == frozen.weak_base.identity(hashes)
 
 
 def test_precompute_and_per_step_give_the_same_loss_with_qlora(assets, tmp_path):

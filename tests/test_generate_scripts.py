@@ -1,41 +1,12 @@
 """scripts/generate.py and scripts/to_alpaca_eval.py on a tiny model, checked against independent computations."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, base_env
+from helpers.scripts import qwen_prompt_ids, read_jsonl, run_script
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-
-SCRIPTS = ROOT / "scripts"
-QWEN_SYSTEM = "you are qwen , created by alibaba cloud . you are a helpful assistant ."
-
-
-def run_script(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / name), *map(str, args)],
-        env=base_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def qwen_prompt_ids(tokenizer, user: str, system: str = QWEN_SYSTEM) -> list[int]:
-    r"""Qwen's chat format written out by hand (not through LLaMA-Factory's template)."""
-    text = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def greedy_reference(model, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:

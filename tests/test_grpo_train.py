@@ -1,15 +1,17 @@
-"""``stage: grpo``: the length alignment of the XSUM experiment, as `llamafactory-cli train` runs."""
+"""``stage: grpo``: the length alignment of the XSUM experiment, through LLaMA-Factory's ``run_exp`` (in this
+process; ``llamafactory-cli train`` for two-process ZeRO-3)."""
 
 import json
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, grpo_config, run_train, train_logs
+from helpers.in_process import run_exp_in_process
+from helpers.scripts import script_module
+from helpers.train import DS_Z3_CONFIG, grpo_config, run_train, train_logs
 
 
-sys.path.insert(0, str(ROOT / "scripts" / "demo"))
-from evaluate import load_prompts, sample_answers  # noqa: E402
+demo_evaluate = script_module("demo/evaluate")  # the quickstart's evaluation: sampling outside the plugin
 
 
 pytestmark = pytest.mark.slow
@@ -38,18 +40,19 @@ def weak_sft(assets, tmp_path_factory) -> Path:
         "report_to": "none",
         "seed": 0,
     }
-    run_train(config, workdir)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        run_exp_in_process(config, monkeypatch).check()
     return workdir / "out"
 
 
 def in_range_share(model_dir: Path, prompts: list[str], length_min: int, length_max: int) -> float:
     r"""Share of sampled answers (8 per prompt) whose word count lies in the range: measured outside the plugin."""
-    answers = sample_answers(str(model_dir), prompts, num_samples=8, max_new_tokens=32, seed=0)
+    answers = demo_evaluate.sample_answers(str(model_dir), prompts, num_samples=8, max_new_tokens=32, seed=0)
     return sum(length_min <= len(answer.split()) <= length_max for answer in answers) / len(answers)
 
 
-def test_length_alignment_raises_the_in_range_share(assets, weak_sft, tmp_path):
-    prompts = load_prompts(str(assets / "data" / "tiny_sft_eval.json"))
+def test_length_alignment_raises_the_in_range_share(assets, weak_sft, tmp_path, run_in_process):
+    prompts = demo_evaluate.load_prompts(str(assets / "data" / "tiny_sft_eval.json"))
     config = grpo_config(
         assets,
         tmp_path,
@@ -63,7 +66,7 @@ def test_length_alignment_raises_the_in_range_share(assets, weak_sft, tmp_path):
         max_steps=100,
         plot_loss=True,
     )
-    run_train(config, tmp_path)
+    run_in_process(config).check()
     before = in_range_share(weak_sft, prompts, 8, 10)
     after = in_range_share(tmp_path / "out", prompts, 8, 10)
     assert after >= before + 0.1, (before, after)
@@ -75,7 +78,7 @@ def test_length_alignment_raises_the_in_range_share(assets, weak_sft, tmp_path):
     assert (tmp_path / "out" / "training_reward.png").is_file()
 
 
-def test_custom_reward_function_named_in_yaml(assets, tmp_path):
+def test_custom_reward_function_named_in_yaml(assets, tmp_path, run_in_process, monkeypatch):
     module = tmp_path / "my_rewards.py"
     module.write_text(
         "def constant(prompts, completions, **kwargs):\n"
@@ -83,15 +86,19 @@ def test_custom_reward_function_named_in_yaml(assets, tmp_path):
         "    return [0.25] * len(completions)\n"
     )
     config = grpo_config(assets, tmp_path, grpo_reward_funcs="length, my_rewards:constant", max_steps=2)
-    run_train(config, tmp_path, PYTHONPATH=str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable where training runs, as PYTHONPATH makes it
+    try:
+        run_in_process(config).check()
+    finally:
+        sys.modules.pop("my_rewards", None)
     for entry in train_logs(tmp_path / "out"):
         assert entry["rewards/constant/mean"] == pytest.approx(0.25)
         assert entry["reward"] == pytest.approx(entry["rewards/length/mean"] + 0.25, abs=1e-4)
 
 
-def test_lora_with_kl_penalty(assets, tmp_path):
+def test_lora_with_kl_penalty(assets, tmp_path, run_in_process):
     config = grpo_config(assets, tmp_path, finetuning_type="lora", lora_target="all", grpo_beta=0.1)
-    run_train(config, tmp_path)
+    run_in_process(config).check()
     logs = train_logs(tmp_path / "out")
     assert len(logs) == 3 and all("kl" in entry for entry in logs)
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
@@ -103,7 +110,7 @@ def test_deepspeed_zero3_two_processes(assets, tmp_path):
         tmp_path,
         grpo_beta=0.04,
         per_device_train_batch_size=2,
-        deepspeed=str(ROOT / "yaml_recipes" / "deepspeed" / "ds_z3_config.json"),
+        deepspeed=str(DS_Z3_CONFIG),
     )
     run_train(config, tmp_path, nproc=2)
     logs = train_logs(tmp_path / "out")

@@ -7,11 +7,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import tiny_assets
 import torch
-from conftest import ROOT
-from test_generate_scripts import qwen_prompt_ids, run_script
+from helpers.scripts import qwen_prompt_ids, run_script, script_module
+from helpers.train import ROOT
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from llamafactory_wspo.extras import tiny_assets
 
 
 def judge_score(response: str) -> int | None:
@@ -202,7 +203,7 @@ def test_bad_arguments(tmp_path: Path, extra: list[str], message: str) -> None:
 
 
 def test_choose_pair_rule() -> None:
-    import build_hybrid_data as builder
+    builder = script_module("build_hybrid_data")
 
     def cands(*scores):
         return [builder.Candidate(f"t{i}", "policy", score) for i, score in enumerate(scores)]

@@ -1,4 +1,8 @@
-"""Every recipe under yaml_recipes/: parsed by LLaMA-Factory's own parser, then run in a tiny form on the CPU."""
+"""Every recipe under yaml_recipes/ is parsed by LLaMA-Factory's own parser; one recipe of each distinct plugin
+combination (stage x finetuning type x DeepSpeed config) also runs in a tiny form on the CPU.
+
+Stock-stage recipes (``sft``, ``dpo``) only need to parse: running them is LLaMA-Factory's job.
+"""
 
 import json
 import math
@@ -6,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_train, train_logs
+from helpers.train import ROOT, run_train, train_logs
 
 
+PLUGIN_STAGES = ("wspo", "wpo", "grpo")
 RECIPES = sorted((ROOT / "yaml_recipes").rglob("*.yaml"))
 DATASET_INFO = json.loads((ROOT / "yaml_recipes" / "data" / "dataset_info.json").read_text())
 
@@ -21,8 +26,35 @@ def _id(recipe: Path) -> str:
     return str(recipe.relative_to(ROOT / "yaml_recipes"))
 
 
+def combination(config: dict) -> tuple[str, str, str | None]:
+    r"""What a tiny run of a recipe exercises: stage, finetuning type and DeepSpeed config."""
+    return config["stage"], config.get("finetuning_type", "lora"), config.get("deepspeed")
+
+
+def one_per_combination(recipes: list[Path]) -> list[Path]:
+    r"""The first recipe (in path order) of each distinct combination of a plugin stage."""
+    chosen: dict[tuple, Path] = {}
+    for recipe in recipes:
+        config = _load(recipe)
+        if config["stage"] in PLUGIN_STAGES:
+            chosen.setdefault(combination(config), recipe)
+    return list(chosen.values())
+
+
+TINY_RUNS = one_per_combination(RECIPES)
+
+
 def test_recipes_exist():
     assert len(RECIPES) >= 18
+    stages = {_load(recipe)["stage"] for recipe in RECIPES}
+    assert set(PLUGIN_STAGES) <= stages  # every plugin stage has a recipe
+
+
+def test_one_tiny_run_per_plugin_combination():
+    combinations = {combination(_load(recipe)) for recipe in RECIPES if _load(recipe)["stage"] in PLUGIN_STAGES}
+    assert sorted(combination(_load(recipe)) for recipe in TINY_RUNS) == sorted(combinations)
+    # the recipes of today: WSPO full and LoRA, WPO and GRPO full, all ZeRO-3
+    assert len(TINY_RUNS) >= 4
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=_id)
@@ -35,9 +67,16 @@ def test_recipe_parses(recipe):
     assert training_args.deepspeed == "yaml_recipes/deepspeed/ds_z3_config.json"
     assert (ROOT / training_args.deepspeed).is_file()
     assert set(data_args.dataset) <= set(DATASET_INFO), data_args.dataset
-    assert finetuning_args.stage in ("sft", "dpo", "wspo", "wpo", "grpo")
+    assert finetuning_args.stage in ("sft", "dpo", *PLUGIN_STAGES)
 
-    with pytest.raises(ValueError, match="learnig_rate"):  # a misspelt key fails
+
+def test_misspelt_key_is_rejected():
+    from llamafactory.hparams.parser import _parse_train_args
+
+    recipe = next(recipe for recipe in RECIPES if _load(recipe)["stage"] == "wspo")  # the plugin's arguments
+    config = {**_load(recipe), "bf16": False}
+    _parse_train_args(config)  # the recipe as it is parses
+    with pytest.raises(ValueError, match="learnig_rate"):
         _parse_train_args({**config, "learnig_rate": 1e-5})
 
 
@@ -76,7 +115,7 @@ def _tiny(recipe: Path, assets: Path, workdir: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", RECIPES, ids=_id)
+@pytest.mark.parametrize("recipe", TINY_RUNS, ids=_id)
 def test_recipe_runs_in_tiny_form(recipe, assets, tmp_path):
     config = _tiny(recipe, assets, tmp_path)
     run_train(config, tmp_path, nproc=2)  # every recipe uses ZeRO-3: two processes

@@ -11,7 +11,8 @@ import time
 
 import pytest
 import requests
-from conftest import ROOT, _free_port, base_env
+from helpers.scripts import script_module
+from helpers.train import ROOT, base_env, free_port
 
 from llamafactory_wspo.rewards import length_reward
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(600)  # LLaMA-Factory's client posts without a 
 @pytest.fixture(scope="module")
 def server(assets, tmp_path_factory):
     r"""The server as a subprocess on 127.0.0.1 with the tiny tokenizer and template ``qwen``; stopped at the end."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("reward_server") / "server.log"
     command = [
         sys.executable, str(SERVER), "--tokenizer", str(assets / "tokenizer"), "--template", "qwen",
@@ -152,7 +153,8 @@ def test_health_and_a_text_without_the_marker(server):
 def test_missing_marker_score_in_process(assets, tiny_template):
     r"""``create_app`` in-process (FastAPI's test client): a text without the marker gets the fixed score."""
     from fastapi.testclient import TestClient
-    from reward_server import create_app
+
+    create_app = script_module("reward_server").create_app
 
     tokenizer, template = tiny_template
     app = create_app(str(assets / "tokenizer"), "qwen", LENGTH_MIN, LENGTH_MAX, missing_marker_score=-3.0)
@@ -180,7 +182,7 @@ def byte_level_tokenizer():
 @pytest.mark.parametrize("template_name", ["qwen", "llama3", "mistral", "alpaca", "gemma", "chatml", "vicuna", "glm4"])
 def test_marker_rule_across_templates(template_name):
     r"""The response cut out of host-built texts for several of LLaMA-Factory's templates, with a byte-level BPE."""
-    from reward_server import ResponseExtractor
+    ResponseExtractor = script_module("reward_server").ResponseExtractor
 
     tokenizer = byte_level_tokenizer()
     extractor = ResponseExtractor(tokenizer, template_name)
@@ -199,7 +201,7 @@ def test_marker_rule_across_templates(template_name):
 
 
 def test_bad_template_is_an_error(assets):
-    from reward_server import create_app
+    create_app = script_module("reward_server").create_app
 
     with pytest.raises(ValueError, match="--template no_such_template"):
         create_app(str(assets / "tokenizer"), "no_such_template")

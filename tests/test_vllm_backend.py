@@ -11,8 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import tiny_assets
-from conftest import ROOT, base_env
+from helpers.train import ROOT, base_env
+
+from llamafactory_wspo.extras import tiny_assets
 
 
 VLLM_PYTHON = os.environ.get("LLAMAFACTORY_WSPO_VLLM_PYTHON")

@@ -1,19 +1,19 @@
-"""``stage: wpo`` end to end through ``llamafactory-cli train`` in a subprocess."""
+"""``stage: wpo`` end to end: LLaMA-Factory's ``run_exp`` in this process, ``llamafactory-cli train`` for ZeRO-3."""
 
 import json
 import math
 
 import pytest
-from conftest import DS_Z3_CONFIG, log_history, run_train, train_logs, wpo_config
+from helpers.train import DS_Z3_CONFIG, log_history, run_train, train_logs, wpo_config
 
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "simpo"])
-def test_wpo_runs(assets, tmp_path, loss_type):
+def test_wpo_runs(assets, tmp_path, run_in_process, loss_type):
     config = wpo_config(assets, tmp_path, pref_loss=loss_type, plot_loss=True, learning_rate=1e-4)
-    run_train(config, tmp_path)
+    run_in_process(config).check()
     out = tmp_path / "out"
     logs = train_logs(out)
     assert len(logs) == 3
@@ -28,10 +28,11 @@ def test_wpo_runs(assets, tmp_path, loss_type):
     assert (out / "training_wpo_weights.png").is_file() and (out / "training_loss.png").is_file()
 
 
-def test_precomputed_reference_gives_the_same_losses(assets, tmp_path):
+def test_precomputed_reference_gives_the_same_losses(assets, tmp_path, run_in_process):
     common = {"val_size": 0.25, "do_eval": True, "eval_strategy": "steps", "eval_steps": 2, "pref_ftx": 0.3}
-    run_train(wpo_config(assets, tmp_path / "pre", **common), tmp_path / "pre")
-    run_train(wpo_config(assets, tmp_path / "step", precompute_logps=False, **common), tmp_path / "step")
+    run_in_process(wpo_config(assets, tmp_path / "pre", **common)).check()
+    run_in_process(wpo_config(assets, tmp_path / "step", precompute_logps=False, **common)).check()
+    assert not (tmp_path / "step" / "cache").exists()  # nothing precomputed
     pre, step = log_history(tmp_path / "pre" / "out"), log_history(tmp_path / "step" / "out")
     for key in ("loss", "wpo/weight_mean", "rewards/margins", "eval_loss"):
         a = [entry[key] for entry in pre if key in entry]
@@ -39,12 +40,12 @@ def test_precomputed_reference_gives_the_same_losses(assets, tmp_path):
         assert a and a == pytest.approx(b, rel=1e-4, abs=1e-7), key
 
 
-def test_variants_change_the_weights(assets, tmp_path):
+def test_variants_change_the_weights(assets, tmp_path, run_in_process):
     means = {}
     for alignment, weighting in (("sampled", "pair"), ("greedy", "pair"), ("none", "chosen")):
         workdir = tmp_path / f"{alignment}_{weighting}"
         config = wpo_config(assets, workdir, wpo_alignment=alignment, wpo_weighting=weighting, max_steps=1)
-        run_train(config, workdir)
+        run_in_process(config).check()
         means[alignment, weighting] = train_logs(workdir / "out")[0]["wpo/weight_mean"]
 
     assert len(set(means.values())) == 3
@@ -61,10 +62,10 @@ def test_deepspeed_zero3_two_processes(assets, tmp_path):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
-def test_kto_form(assets, tmp_path):
+def test_kto_form(assets, tmp_path, run_in_process):
     common = {"dataset": "tiny_kto", "pref_loss": "kto", "plot_loss": True}
-    run_train(wpo_config(assets, tmp_path / "pre", **common), tmp_path / "pre")
-    run_train(wpo_config(assets, tmp_path / "step", precompute_logps=False, **common), tmp_path / "step")
+    run_in_process(wpo_config(assets, tmp_path / "pre", **common)).check()
+    run_in_process(wpo_config(assets, tmp_path / "step", precompute_logps=False, **common)).check()
     pre, step = train_logs(tmp_path / "pre" / "out"), train_logs(tmp_path / "step" / "out")
     # At step 1 the policy is the reference: every KTO term is 1 - sigmoid(0) = 0.5, and the weights of each group
     # sum to 1 while the group keeps its share of the loss, so the weighted loss is 0.5 too.

@@ -1,4 +1,5 @@
-"""``stage: wspo`` end to end through ``llamafactory-cli train`` in a subprocess."""
+"""``stage: wspo`` end to end: LLaMA-Factory's ``run_exp`` in this process, ``llamafactory-cli train`` where the
+run needs its own processes (two-process ZeRO-3) or the lead's equivalence checks run it so."""
 
 import json
 import math
@@ -6,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DS_Z3_CONFIG, log_history, run_train, train_logs, wspo_config
+from helpers.train import DS_Z3_CONFIG, log_history, run_train, train_logs, wspo_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llamafactory_wspo.extras import tiny_assets
 
 
 pytestmark = pytest.mark.slow
@@ -46,10 +49,10 @@ def _independent_first_loss(assets: Path, num_examples: int, gamma: float) -> fl
     return sum(losses) / len(losses)
 
 
-def test_sft_data_full_tuning_matches_independent_loss(assets, tmp_path):
+def test_sft_data_full_tuning_matches_independent_loss(assets, tmp_path, run_in_process):
     gamma = 0.1
     config = wspo_config(assets, tmp_path, pref_beta=gamma, plot_loss=True)
-    run_train(config, tmp_path)
+    run_in_process(config).check()
     logs = train_logs(tmp_path / "out")
     assert len(logs) == 3
     first = logs[0]
@@ -108,40 +111,43 @@ def test_pairwise_data_lora_both_responses(assets, tmp_path):
 
 
 @pytest.mark.parametrize("response", ["chosen", "rejected"])
-def test_pairwise_response_choice(assets, tmp_path, response):
+def test_pairwise_response_choice(assets, tmp_path, run_in_process, response):
     config = wspo_config(assets, tmp_path, dataset="tiny_pairs", wspo_response=response, max_samples=8, max_steps=1)
-    run_train(config, tmp_path)
+    run_in_process(config).check()
     (manifest,) = list((tmp_path / "cache").glob("*/manifest.json"))
     info = json.loads(manifest.read_text())
     assert info["examples"] == 8 and info["extra"]["wspo_response"] == response
 
 
-def test_cache_reuse_and_invalidation(assets, tmp_path):
+def test_cache_reuse_and_invalidation(assets, tmp_path, run_in_process):
+    r"""Five trainings in this process (LLaMA-Factory's ``run_exp``): the cache is keyed by data and weights."""
     cache = tmp_path / "cache"
+
+    def entries() -> list[Path]:  # one directory per key, beside the index of file hashes
+        return sorted(path for path in cache.iterdir() if path.is_dir())
+
     config = wspo_config(assets, tmp_path, max_steps=1, max_samples=16, logps_cache_dir=str(cache))
-    first = run_train(config, tmp_path / "a")
-    assert "Reusing precomputed" not in first.stdout + first.stderr
-    (entry,) = list(cache.iterdir())
+    first = run_in_process(config).check()
+    assert "Reusing precomputed" not in first.log
+    (entry,) = entries()
     mtime = (entry / "manifest.json").stat().st_mtime_ns
 
-    again = run_train(config, tmp_path / "b")
-    assert "Reusing precomputed" in again.stdout + again.stderr
-    assert list(cache.iterdir()) == [entry] and (entry / "manifest.json").stat().st_mtime_ns == mtime
+    again = run_in_process(config).check()
+    assert "Reusing precomputed" in again.log
+    assert entries() == [entry] and (entry / "manifest.json").stat().st_mtime_ns == mtime
 
-    run_train({**config, "cutoff_len": 24}, tmp_path / "c")  # the data changes
-    assert len(list(cache.iterdir())) == 2
+    run_in_process({**config, "cutoff_len": 24}).check()  # the data changes
+    assert len(entries()) == 2
 
     # The weak aligned model is retrained in place: same path, new weights.
-    import tiny_assets
-
     weak_aligned = tmp_path / "weak_aligned"
     tiny_assets.build_model(weak_aligned, assets / "tokenizer", hidden_size=32, num_layers=1, seed=1)
-    run_train({**config, "weak_aligned_model": str(weak_aligned)}, tmp_path / "d")
-    assert len(list(cache.iterdir())) == 3
+    run_in_process({**config, "weak_aligned_model": str(weak_aligned)}).check()
+    assert len(entries()) == 3
     tiny_assets.build_model(weak_aligned, assets / "tokenizer", hidden_size=32, num_layers=1, seed=7)
-    changed = run_train({**config, "weak_aligned_model": str(weak_aligned)}, tmp_path / "e")
-    assert "Reusing precomputed" not in changed.stdout + changed.stderr
-    assert len(list(cache.iterdir())) == 4
+    changed = run_in_process({**config, "weak_aligned_model": str(weak_aligned)}).check()
+    assert "Reusing precomputed" not in changed.log
+    assert len(entries()) == 4
     assert not list(cache.glob("*/.tmp-*"))  # atomic writes leave no temporary files
 
 

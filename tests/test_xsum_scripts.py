@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, base_env, run_train
+from helpers.scripts import script_module
+from helpers.train import ROOT, base_env, run_train
 
 
 PREPARE = ROOT / "scripts" / "prepare_xsum.py"
@@ -108,9 +109,7 @@ def test_prepare_writes_alpaca_files_and_merges_dataset_info(raw_dir, tmp_path):
         assert info[f"xsum_{split}"] == {"file_name": f"{split}.json", "columns": COLUMNS}
     assert sorted(p.name for p in out.iterdir()) == ["dataset_info.json", "test.json", "train.json", "validation.json"]
 
-    import prepare_xsum  # scripts/ is on sys.path (conftest)
-
-    assert prepare_xsum.INSTRUCTION == INSTRUCTION
+    assert script_module("prepare_xsum").INSTRUCTION == INSTRUCTION
 
 
 def test_prepare_into_a_shared_dataset_info(raw_dir, tmp_path):

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
+from llamafactory_wspo.extras.tiny_assets import CATEGORIES
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _cli import parse_args  # noqa: E402
-from tiny_assets import CATEGORIES  # noqa: E402
 
 
 def load_prompts(data_file: str) -> list[str]:
@@ -28,14 +29,16 @@ def category_of(prompt: str) -> str:
 
 
 @torch.inference_mode()
-def sample_answers(model_dir: str, prompts: list[str], num_samples: int, max_new_tokens: int, seed: int) -> list[str]:
-    """``num_samples`` answers per prompt (sampling at temperature 1), formatted with LLaMA-Factory's qwen template."""
+def sample_answers(
+    model_dir: str, prompts: list[str], num_samples: int, max_new_tokens: int, seed: int, template: str = "qwen"
+) -> list[str]:
+    """``num_samples`` answers per prompt (sampling at temperature 1), formatted with LLaMA-Factory's ``template``."""
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template="qwen"))
+    template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=template))
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     encoded = [
         template.encode_oneturn(tokenizer, [{"role": "user", "content": p}, {"role": "assistant", "content": ""}])[0]
@@ -111,16 +114,22 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--short_max", type=int, default=5, help="the longest answer counted as short")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--template", action="append", metavar="NAME=TEMPLATE", default=[],
+        help="chat template of the model NAME (repeatable; default qwen)",
+    )  # fmt: skip
     parser.add_argument("--plot", help="where to save a PNG bar plot")
     parser.add_argument("--json", help="where to save the scores as JSON")
     args = parse_args(parser)
 
     torch.set_num_threads(1)
     prompts = load_prompts(args.data)
+    templates = dict(spec.split("=", 1) for spec in args.template)
     results = {}
     for spec in args.model:
         name, model_dir = spec.split("=", 1)
-        answers = sample_answers(model_dir, prompts, args.num_samples, args.max_new_tokens, args.seed)
+        template = templates.get(name, "qwen")
+        answers = sample_answers(model_dir, prompts, args.num_samples, args.max_new_tokens, args.seed, template)
         results[name] = score(prompts, answers, args.short_max)
 
     print(f"{'model':<14}{'mean words':>12}{f'<= {args.short_max} words':>14}{'on-topic':>10}")
