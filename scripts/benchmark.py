@@ -65,12 +65,19 @@ PRESETS: dict[str, dict[str, dict[str, int]]] = {
         "strong": {"hidden_size": 256, "num_layers": 4, "num_heads": 4},
         "weak": {"hidden_size": 128, "num_layers": 2, "num_heads": 2},
     },
+    "qwen2-0.5b-vocab": {  # Qwen2-0.5B's width and vocabulary (896, 151,936) on 2 of its 24 layers, float32 on the CPU
+        "strong": {"hidden_size": 896, "num_layers": 2, "num_heads": 14, "num_kv_heads": 2, "intermediate": 4864},
+        "weak": {"hidden_size": 896, "num_layers": 1, "num_heads": 14, "num_kv_heads": 2, "intermediate": 4864},
+    },
     "qwen2-1.5b": {  # Qwen2-1.5B and Qwen2-0.5B shapes (random init)
         "strong": {"hidden_size": 1536, "num_layers": 28, "num_heads": 12, "num_kv_heads": 2, "intermediate": 8960},
         "weak": {"hidden_size": 896, "num_layers": 24, "num_heads": 14, "num_kv_heads": 2, "intermediate": 4864},
     },
 }
 QWEN2_VOCAB = 151936
+# Presets whose prompts take about this share of each sequence's tokens (like UltraFeedback's); others: 16 words.
+PROMPT_SHARE = {"qwen2-0.5b-vocab": 0.5}
+FLOAT32_PRESETS = ("qwen2-0.5b-vocab",)  # CPU presets with a real vocabulary: float32 weights
 TARGETS = (
     # name, numerator, denominator, comparison and bound (None: reported, no target)
     ("WSPO step / SFT step", ("wspo", "step_seconds"), ("sft", "step_seconds"), ("<=", 1.10)),
@@ -78,6 +85,7 @@ TARGETS = (
     ("WSPO total incl. precompute / per-step WSPO total", ("wspo", "total_seconds"), ("wspo_per_step", "total_seconds"), ("<=", 1.0)),
     ("WSPO peak memory / per-step WSPO's (four models)", ("wspo", "peak_memory_mb"), ("wspo_per_step", "peak_memory_mb"), None),
     ("bare forward time / precompute pass time", ("wspo", "bare_forward_seconds"), ("wspo", "precompute_seconds"), (">=", 0.9)),
+    ("bare full-logits forward / precompute pass time", ("wspo", "full_logits_forward_seconds"), ("wspo", "precompute_seconds"), (">=", 1.2)),
     ("WPO step / DPO step", ("wpo", "step_seconds"), ("dpo", "step_seconds"), ("<=", 1.05)),
     ("WPO peak memory / DPO's", ("wpo", "peak_memory_mb"), ("dpo", "peak_memory_mb"), ("<=", 1.05)),
     ("WPO step, reference precomputed / DPO step", ("wpo_precomputed", "step_seconds"), ("dpo", "step_seconds"), None),
@@ -94,14 +102,19 @@ def build_assets(out: Path, preset: str, num_examples: int, response_words: int,
     tiny_assets.build_tokenizer(out / "tokenizer")
     shapes = PRESETS[preset]
     for name, shape, model_seed in (("strong", shapes["strong"], seed), ("weak", shapes["weak"], seed + 1)):
-        _build_model(out / name, out / "tokenizer", shape, model_seed)
-    _build_model(out / "weak_aligned", out / "tokenizer", shapes["weak"], seed + 2)
+        _build_model(out / name, out / "tokenizer", shape, model_seed, preset in FLOAT32_PRESETS)
+    _build_model(out / "weak_aligned", out / "tokenizer", shapes["weak"], seed + 2, preset in FLOAT32_PRESETS)
 
     rng = random.Random(seed)
     words = [word for word in tiny_assets.DEFAULT_WORDS if word.isalpha()]
     pairs, sft = [], []
+    prompt_words = (
+        max(1, round(0.55 * response_words * PROMPT_SHARE[preset] / (1 - PROMPT_SHARE[preset])))
+        if preset in PROMPT_SHARE
+        else 16
+    )  # responses average 0.55 x response_words
     for _ in range(num_examples):
-        prompt = " ".join(rng.choices(words, k=16))
+        prompt = " ".join(rng.choices(words, k=prompt_words))
         # response lengths spread like real preference data (from a tenth of the budget to all of it)
         chosen = " ".join(rng.choices(words, k=rng.randint(max(1, response_words // 10), response_words)))
         rejected = " ".join(rng.choices(words, k=rng.randint(max(1, response_words // 10), response_words)))
@@ -122,7 +135,7 @@ def build_assets(out: Path, preset: str, num_examples: int, response_words: int,
     (data / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
-def _build_model(out: Path, tokenizer_dir: Path, shape: dict[str, int], seed: int) -> None:
+def _build_model(out: Path, tokenizer_dir: Path, shape: dict[str, int], seed: int, float32: bool = False) -> None:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
@@ -139,11 +152,11 @@ def _build_model(out: Path, tokenizer_dir: Path, shape: dict[str, int], seed: in
         tie_word_embeddings=not large,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        dtype="bfloat16" if large else "float32",
+        dtype="bfloat16" if large and not float32 else "float32",
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
-    if large:
+    if large and not float32:
         model = model.to(torch.bfloat16)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
@@ -312,7 +325,9 @@ def run_worker(config_path: Path, result_path: Path, device: str, threads: int) 
     run_exp(config, callbacks=[meter])
     total = time.perf_counter() - started
     passes = precompute_passes(config.get("logps_cache_dir"))
+    extra = full_logits_forward(config) if config.get("stage") == "wspo" and config.get("precompute_logps") else {}
     result = {
+        **extra,
         "step_times": meter.step_times,
         "step_tokens": meter.tokens,
         "train_seconds": meter.train_seconds,
@@ -323,6 +338,49 @@ def run_worker(config_path: Path, result_path: Path, device: str, threads: int) 
         "precompute_passes": passes,
     }
     result_path.write_text(json.dumps(result, indent=2))
+
+
+def full_logits_forward(config: dict[str, Any]) -> dict[str, float]:
+    r"""The same frozen models over the same batches as the precompute pass, as bare no-grad forwards with full
+    logits (what any stage's reference pass costs), and the share of input positions that are not scored."""
+    import torch
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.extras.constants import IGNORE_INDEX
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    from llamafactory_wspo.data import SFTDataCollatorWithLogps, check_wspo_data, dataset_splits, get_wspo_dataset
+    from llamafactory_wspo.frozen import frozen_models
+    from llamafactory_wspo.precompute import ExampleIndex
+
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
+    tokenizer_module = load_tokenizer(model_args)
+    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    pairwise = check_wspo_data(data_args, finetuning_args)
+    module = get_wspo_dataset(
+        template, model_args, data_args, training_args, finetuning_args, pairwise, **tokenizer_module
+    )
+    examples = ExampleIndex(dataset_splits(module))
+    collate = SFTDataCollatorWithLogps(
+        template=template, pad_to_multiple_of=8, label_pad_token_id=IGNORE_INDEX, **tokenizer_module
+    )
+    order = sorted(examples.uids, key=examples.length, reverse=True)
+    size = finetuning_args.precompute_batch_size or training_args.per_device_eval_batch_size
+    batches = [collate([examples.feature(uid) for uid in order[i : i + size]]) for i in range(0, len(order), size)]
+    seconds = 0.0
+    for spec in frozen_models(model_args, finetuning_args):
+        model = spec.load().eval()
+        with torch.no_grad():
+            for batch in batches:
+                inputs = {key: batch[key].to(model.device) for key in ("input_ids", "attention_mask")}
+                started = time.perf_counter()
+                model(**inputs, use_cache=False)
+                if model.device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds += time.perf_counter() - started
+        del model
+    positions = sum(examples.length(uid) for uid in examples.uids)
+    return {"full_logits_forward_seconds": seconds, "unscored_share": 1 - examples.num_tokens / positions}
 
 
 def summarise(mode: str, raw: dict[str, Any], warmup: int, policy_params: int, peak_tflops: float | None) -> dict:
@@ -342,6 +400,8 @@ def summarise(mode: str, raw: dict[str, Any], warmup: int, policy_params: int, p
         "run_seconds": raw["run_seconds"],
         "precompute_seconds": raw["precompute_seconds"],
         "bare_forward_seconds": raw["bare_forward_seconds"],
+        "full_logits_forward_seconds": raw.get("full_logits_forward_seconds"),
+        "unscored_share": raw.get("unscored_share"),
     }
     if peak_tflops:
         summary["mfu"] = 6 * policy_params * tokens_per_second / (peak_tflops * 1e12)
@@ -356,7 +416,8 @@ def ratios(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for name, (num_mode, num_key), (den_mode, den_key), bound in TARGETS:
         if num_mode not in results or den_mode not in results:
             continue
-        value = results[num_mode][num_key] / results[den_mode][den_key] if results[den_mode][den_key] else None
+        num, den = results[num_mode].get(num_key), results[den_mode].get(den_key)
+        value = num / den if num is not None and den else None
         if bound is None:
             rows.append({"ratio": name, "value": value, "target": None, "pass": None})
             continue
@@ -441,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     assets = workdir / "assets"
     # responses fill most of cutoff_len: about 1 token per word in the tiny tokenizer
-    response_words = max(12, args.seq_len - 40)
+    share = PROMPT_SHARE.get(args.preset, 0.0)
+    response_words = max(12, int((args.seq_len - 40) / (1 + 0.55 * share / (1 - share))))
     print(f"building {args.preset} assets in {assets} ...", flush=True)
     build_assets(assets, args.preset, args.steps * args.batch_size, response_words, seed=0)
     policy_params = _count_params(assets / "strong")
@@ -484,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
             results[mode]["repeats"] = summary["repeats"]
 
     rows = ratios(results)
+    h = output_layer_share(assets / "strong")
+    p = results.get("wspo", {}).get("unscored_share")
+    bound = {"output_layer_share": h, "unscored_share": p, "wspo_over_sft_bound": None if p is None else 1 - h * p}
     setup = {
         "device": args.device,
         "device_name": _device_name(args.device),
@@ -504,11 +569,33 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} threads, fastest of {args.repeats} runs per mode"
     )
     print_report(results, rows, header, startup)
+    if p is not None:
+        print(
+            f"output layer's share of the policy's weight FLOPs h = {h:.3f}, unscored share of positions p = {p:.3f}: "
+            f"a WSPO step can cost at best 1 - h*p = {1 - h * p:.3f} of an SFT step"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"setup": setup, "startup": startup, "results": results, "ratios": rows}
+    report = {"setup": setup, "startup": startup, "results": results, "ratios": rows, "bound": bound}
     args.output.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.output}")
     return 1 if args.check and any(row["pass"] is False for row in rows) else 0
+
+
+def output_layer_share(model_dir: Path) -> float:
+    r"""The output layer's share of the weight FLOPs of a forward pass: its matrix against every matrix multiplied
+    per token (the input embedding is a lookup; norms and biases are negligible)."""
+    from safetensors import safe_open
+
+    matmul, output = 0, 0
+    for path in model_dir.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as handle:
+            for name in handle.keys():
+                shape = handle.get_slice(name).get_shape()
+                if len(shape) != 2 or "embed_tokens" in name:
+                    continue
+                matmul += _numel(shape)
+                output += _numel(shape) if name.startswith("lm_head") else 0
+    return output / matmul if matmul else 0.0
 
 
 def _count_params(model_dir: Path) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import log_history, wspo_config
+from helpers.train import log_history, wspo_config
 
 
 def _parse(config: dict):
@@ -138,10 +138,9 @@ def test_weak_models_take_only_the_documented_loader_options(assets, tmp_path):
     assert other.weak_base.identity(hashes) == frozen.weak_base.identity(hashes)
 
 
-def test_precompute_and_per_step_give_the_same_loss_with_qlora(assets, tmp_path):
+@pytest.mark.slow
+def test_precompute_and_per_step_give_the_same_loss_with_qlora(assets, tmp_path, run_in_process):
     r"""A whole run in each mode (in-process): the precomputed reference is the quantised base, as per step."""
-    from llamafactory.train.tuner import run_exp
-
     losses = {}
     for precompute in (True, False):
         workdir = tmp_path / str(precompute)
@@ -157,7 +156,7 @@ def test_precompute_and_per_step_give_the_same_loss_with_qlora(assets, tmp_path)
             max_steps=2,
             learning_rate=1e-2,
         )
-        run_exp(config)
+        run_in_process(config).check()
         losses[precompute] = [entry["loss"] for entry in log_history(workdir / "out") if "loss" in entry]
 
     # Per step the reference runs in training mode, where bitsandbytes' 4-bit kernel rounds differently (about
