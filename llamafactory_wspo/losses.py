@@ -108,20 +108,69 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+class _RowsTokenLogps(torch.autograd.Function):
+    r"""``log softmax(z)[y]`` of every row of ``logits`` (scored positions only), with WPO's alignment term.
+
+    The same mathematics as :class:`_ChunkedTokenLogps` without its row selection: the rows are taken as slices
+    (no copy of float32 logits), and the backward pass writes each chunk's gradient straight into its slice of
+    the result (no zero-filled buffer), since every row is scored.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, alignment: str, chunk: int):
+        logps = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
+        aligned = torch.empty_like(logps)
+        lses = torch.empty_like(logps)
+        for start in range(0, logits.size(0), chunk):
+            rows = slice(start, start + chunk)
+            z = logits[rows].float()  # a view when the logits are float32: never modified in place
+            lse = torch.logsumexp(z, dim=-1)
+            logp = z.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1) - lse
+            if alignment == "sampled":  # log sum_v p_v^2 = logsumexp(2z) - 2 logsumexp(z)
+                norm = torch.logsumexp(z * 2.0, dim=-1) - 2.0 * lse
+            elif alignment == "greedy":  # log max_v p_v = max(z) - logsumexp(z)
+                norm = z.max(dim=-1).values - lse
+            else:
+                norm = 0.0
+            logps[rows], lses[rows], aligned[rows] = logp, lse, logp - norm
+
+        ctx.save_for_backward(logits, targets, lses)
+        ctx.chunk = chunk
+        ctx.mark_non_differentiable(aligned)
+        return logps, aligned
+
+    @staticmethod
+    def backward(ctx, grad_logps, grad_aligned):
+        logits, targets, lses = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for start in range(0, logits.size(0), ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            upstream = grad_logps[rows].unsqueeze(-1)
+            if logits.dtype == torch.float32:  # softmax written straight into the result
+                chunk_grad = torch.sub(logits[rows], lses[rows].unsqueeze(-1), out=grad[rows])
+            else:
+                chunk_grad = logits[rows].float().sub_(lses[rows].unsqueeze(-1))
+            chunk_grad.exp_().mul_(-upstream).scatter_add_(-1, targets[rows].unsqueeze(-1), upstream)
+            if chunk_grad.dtype != grad.dtype:
+                grad[rows].copy_(chunk_grad)
+
+        return grad, None, None, None
+
+
 def rows_logps_and_alignment(
     logits: torch.Tensor, targets: torch.Tensor, alignment: str = "none", chunk_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""``log pi(targets[i])`` and WPO's alignment term for each row of ``logits`` (``rows x vocab``), in float32.
 
     The rows are the scored positions only (see ``llamafactory_wspo.scoring``); the float32 work runs in chunks
-    and the backward pass recomputes each chunk's softmax, as in :func:`policy_logps_and_alignment`.
+    (default: a 128 MiB float32 working set) and the backward pass recomputes each chunk's softmax, as in
+    :func:`policy_logps_and_alignment`.
     """
     if alignment not in ("sampled", "greedy", "none"):
         raise ValueError(f"Unknown WPO alignment: {alignment}.")
 
-    index = torch.arange(logits.size(0), device=logits.device)
     chunk = chunk_size or max(1, FLOAT32_CHUNK_BYTES // (4 * logits.size(-1)))
-    return _ChunkedTokenLogps.apply(logits, index, targets, alignment, chunk)
+    return _RowsTokenLogps.apply(logits, targets, alignment, chunk)
 
 
 def policy_logps_and_alignment(
