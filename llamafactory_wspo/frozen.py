@@ -19,14 +19,15 @@ Each frozen model also says what identifies it for the log-prob cache (:meth:`Fr
 content of its weights and every loader option it is built with.
 """
 
-from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from llamafactory.hparams import FinetuningArguments, ModelArguments
 from llamafactory.model import load_model, load_tokenizer
 
 from .identity import FileHashes, weights_identity
+from .projection import WEAK_PREFIX
 
 
 if TYPE_CHECKING:
@@ -77,12 +78,15 @@ class FrozenModel:
 
     ``is_policy`` marks the LoRA reference without ``ref_model``: per step it is the policy with its adapters
     disabled (nothing to load), while the precompute pass loads the same weights from :attr:`model_args`.
+    ``input_prefix`` names the columns it scores: ``""`` (``input_ids``, ``labels``), or ``"weak_"`` for a weak
+    model of cross-tokenizer WSPO, which scores the weak rendering of each row.
     """
 
     name: str  # "ref", "weak_base" or "weak_aligned"
     key: str  # the argument that names it: "ref_model", "weak_base_model", ... or "model_name_or_path"
     model_args: ModelArguments
     is_policy: bool = False
+    input_prefix: str = ""
 
     @property
     def name_or_path(self) -> str:
@@ -124,6 +128,14 @@ class FrozenModels:
 
     def __iter__(self) -> Iterator[FrozenModel]:
         return iter(model for model in (self.ref, self.weak_base, self.weak_aligned) if model is not None)
+
+    def weak_models_score_weak_columns(self) -> "FrozenModels":
+        r"""These models with the weak ones scoring the weak rendering of each row (cross-tokenizer WSPO)."""
+        return replace(
+            self,
+            weak_base=replace(self.weak_base, input_prefix=WEAK_PREFIX),
+            weak_aligned=replace(self.weak_aligned, input_prefix=WEAK_PREFIX),
+        )
 
 
 def _merged_adapters(model_args: ModelArguments, finetuning_args: "PluginArguments") -> list[str]:
@@ -194,32 +206,86 @@ def frozen_models(model_args: ModelArguments, finetuning_args: "PluginArguments"
     )
 
 
-def check_vocabularies(tokenizer: "PreTrainedTokenizer", models: FrozenModels, strong_name: str) -> None:
+def _load_vocab(model: FrozenModel) -> tuple["PreTrainedTokenizer", dict[str, int]]:
+    try:
+        tokenizer = model.load_tokenizer()
+    except Exception as err:
+        raise ValueError(f"`{model.key}` ({model.name_or_path}) has no tokenizer that can be loaded: {err}") from err
+
+    return tokenizer, tokenizer.get_vocab()
+
+
+def _differing_entries(vocab: dict[str, int], other: dict[str, int]) -> str:
+    differing = sorted(set(vocab.items()) ^ set(other.items()), key=lambda item: item[1])
+    return f"{len(other)} vs {len(vocab)} tokens; differing entries e.g. " + ", ".join(
+        f"{token!r}->{idx}" for token, idx in differing[:3]
+    )
+
+
+def check_vocabularies(tokenizer: "PreTrainedTokenizer", models: Iterable[FrozenModel], strong_name: str) -> None:
     r"""Frozen models score the policy's token ids, so every tokenizer must map text to the same ids."""
     strong_vocab = tokenizer.get_vocab()
     for model in models:
         if model.key == "model_name_or_path":
             continue
 
-        try:
-            other_vocab = model.load_tokenizer().get_vocab()
-        except Exception as err:
-            raise ValueError(
-                f"`{model.key}` ({model.name_or_path}) has no tokenizer that can be loaded: {err}"
-            ) from err
-
+        _, other_vocab = _load_vocab(model)
         if other_vocab != strong_vocab:
-            differing = sorted(set(strong_vocab.items()) ^ set(other_vocab.items()), key=lambda item: item[1])
-            example = ", ".join(f"{token!r}->{idx}" for token, idx in differing[:3])
             raise ValueError(
                 f"`{model.key}` ({model.name_or_path}) and `model_name_or_path` ({strong_name}) have different "
-                f"vocabularies ({len(other_vocab)} vs {len(strong_vocab)} tokens; differing entries e.g. {example}). "
+                f"vocabularies ({_differing_entries(strong_vocab, other_vocab)}). "
                 "Both models score the same token ids: use models that share one tokenizer "
                 "(e.g. Qwen2-1.5B with Qwen2-7B)."
             )
 
 
-def check_embedding_sizes(models: FrozenModels, max_token_id: int, tokenizer_size: int) -> None:
+def weak_tokenizer(
+    tokenizer: "PreTrainedTokenizer",
+    models: FrozenModels,
+    strong_name: str,
+    template: str | None,
+    weak_template: str | None,
+) -> "PreTrainedTokenizer | None":
+    r"""The weak models' tokenizer if this WSPO run is cross-tokenizer, else ``None`` (the weak models score the
+    strong token ids).
+
+    Cross-tokenizer WSPO (the spec's "Cross-tokenizer WSPO") switches on when the weak models' vocabulary differs
+    from the strong model's, or when ``weak_template`` names another template than ``template``. The reference
+    always scores the strong ids (same vocabulary), both weak models share one tokenizer (their shift compares
+    log-probs of the same ids), and different vocabularies need ``weak_template``: the strong template would add
+    its stop words to the weak tokenizer, giving ids past the weak embedding.
+    """
+    check_vocabularies(tokenizer, [models.ref], strong_name)
+    strong_vocab = tokenizer.get_vocab()
+    base, base_vocab = _load_vocab(models.weak_base)
+    if base_vocab != strong_vocab and not weak_template:
+        raise ValueError(
+            f"`weak_base_model` ({models.weak_base.name_or_path}) and `model_name_or_path` ({strong_name}) have "
+            f"different vocabularies ({_differing_entries(strong_vocab, base_vocab)}). Cross-tokenizer WSPO needs "
+            "`weak_template`, the chat template of the weak models' family (e.g. `llama3` for a Llama-3 weak model): "
+            f"the strong template `{template}` would add its stop words to the weak tokenizer, giving token ids past "
+            "the weak models' embedding."
+        )
+
+    _, aligned_vocab = _load_vocab(models.weak_aligned)
+    if aligned_vocab != base_vocab:
+        raise ValueError(
+            f"`weak_aligned_model` ({models.weak_aligned.name_or_path}) and `weak_base_model` "
+            f"({models.weak_base.name_or_path}) have different vocabularies "
+            f"({_differing_entries(base_vocab, aligned_vocab)}). Both weak models must share one tokenizer: the weak "
+            "shift log pi_w*(y_t) - log pi_w0(y_t) compares their log-probs of the same token ids. Use the weak model "
+            "before and after its alignment."
+        )
+
+    if base_vocab == strong_vocab and (not weak_template or weak_template == template):
+        return None
+
+    return base
+
+
+def check_embedding_sizes(
+    models: Iterable[FrozenModel], max_token_id: int, tokenizer_size: int, tokenizer_key: str = "model_name_or_path"
+) -> None:
     r"""Every frozen model must have an embedding row for each token id of the data (read from configs, no weights).
 
     A model with fewer rows than the strong tokenizer's ids fails with an ``IndexError`` deep inside its forward
@@ -236,6 +302,6 @@ def check_embedding_sizes(models: FrozenModels, max_token_id: int, tokenizer_siz
         if rows is not None and max_token_id >= rows:
             raise ValueError(
                 f"`{model.key}` ({model.name_or_path}) has an embedding of {rows} rows, but the data holds token id "
-                f"{max_token_id} (the tokenizer of `model_name_or_path` has {tokenizer_size} tokens): it cannot score "
-                f"these ids. Use a `{model.key}` whose embedding covers the strong tokenizer."
+                f"{max_token_id} (the tokenizer of `{tokenizer_key}` has {tokenizer_size} tokens): it cannot score "
+                f"these ids. Use a `{model.key}` whose embedding covers the tokenizer of `{tokenizer_key}`."
             )

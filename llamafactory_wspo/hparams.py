@@ -68,6 +68,18 @@ class WSPOArguments:
             "γ is `pref_beta`). Required for `stage: wspo`."
         },
     )
+    weak_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "LLaMA-Factory chat template of the weak models' family (e.g. `llama3`) for cross-tokenizer WSPO: "
+            "weak models whose tokenizer differs from the strong model's (or that use another template) score the "
+            "same conversations rendered with their own tokenizer and this template, and the weak shift "
+            "w_t = log π_w*(y_t) - log π_w⁰(y_t) of the WSPO loss mean_t (γ·s_t - w_t)² (Zhu et al., ICLR 2025, "
+            "arXiv:2410.18640, which uses one tokenizer) is moved onto the strong tokens by UTF-8 byte offsets, "
+            "keeping each turn's total log-ratio. Required when the tokenizers differ; both weak models share one "
+            "tokenizer."
+        },
+    )
     wspo_response: Literal["chosen", "rejected", "both"] = field(
         default="chosen",
         metadata={
@@ -89,6 +101,21 @@ class WSPOArguments:
                     f"`{key}` is required for `stage: wspo`: set it to the path or hub id of the weak model "
                     f"{'before' if key == 'weak_base_model' else 'after'} its alignment."
                 )
+
+        self.weak_template = self.weak_template or None  # an empty field (LLaMA-Board, command line) is no template
+        if self.weak_template is not None:
+            from llamafactory.data.template import TEMPLATES
+
+            if self.weak_template not in TEMPLATES:
+                raise ValueError(unknown_template_message(self.weak_template, TEMPLATES))
+
+
+def unknown_template_message(name: str, templates: "dict[str, object]") -> str:
+    return (
+        f"`weak_template: {name}` does not exist: name one of LLaMA-Factory's chat templates for the weak models' "
+        f"family, e.g. {', '.join(t for t in ('llama3', 'qwen', 'mistral', 'gemma') if t in templates)} "
+        f"({len(templates)} in all: `llamafactory.data.template.TEMPLATES`)."
+    )
 
 
 @dataclass

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizer
 
 
-Backend = Literal["auto", "vllm", "transformers"]
+Backend = Literal["auto", "vllm", "huggingface", "transformers"]
 Message = dict[str, str]
 
 
@@ -55,17 +55,22 @@ class SamplingConfig:
 
 
 def resolve_backend(backend: Backend) -> Literal["vllm", "transformers"]:
-    r"""``auto`` picks vLLM when it is importable; asking for ``vllm`` without it is an error naming the fix."""
+    r"""``auto`` picks vLLM when it is importable; asking for ``vllm`` without it is an error naming the fix.
+
+    ``huggingface`` (LLaMA-Factory's name for it, as in ``infer_backend``) and ``transformers`` are the same back-end.
+    """
     has_vllm = importlib.util.find_spec("vllm") is not None
     if backend == "auto":
         return "vllm" if has_vllm else "transformers"
     if backend == "vllm" and not has_vllm:
         raise ValueError(
-            "--backend vllm: vLLM is not installed. Install the extra (`pip install -e '.[vllm]'`) "
-            "or use --backend transformers."
+            "infer_backend vllm: vLLM is not installed. Install the extra (`pip install 'llamafactory-wspo[vllm]'`) "
+            "or use infer_backend=huggingface."
         )
-    if backend not in ("vllm", "transformers"):
-        raise ValueError(f"--backend must be auto, vllm or transformers, got {backend!r}.")
+    if backend in ("huggingface", "transformers"):
+        return "transformers"
+    if backend != "vllm":
+        raise ValueError(f"infer_backend must be auto, huggingface or vllm, got {backend!r}.")
     return backend
 
 
@@ -99,10 +104,12 @@ class Generator:
         model: path or hub id of the model (or of the base model of ``adapter``).
         template: LLaMA-Factory template name, e.g. ``qwen`` or ``llama3``.
         adapter: optional LoRA adapter directory.
-        backend: ``auto`` (vLLM if installed), ``vllm`` or ``transformers``.
+        backend: ``auto`` (vLLM if installed), ``vllm`` or ``huggingface`` (also spelt ``transformers``).
         dtype: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
         max_model_len: longest prompt plus completion (vLLM's ``max_model_len``).
-        batch_size: prompts per ``generate`` call of the transformers back-end.
+        batch_size: prompts per ``generate`` call of the transformers back-end (greedy decoding; sampling runs one
+            prompt per call, so that each prompt has its own seed).
+        vllm_kwargs: more arguments of ``vllm.LLM`` (``gpu_memory_utilization``, ``tensor_parallel_size``, ...).
         trust_remote_code: run Python code that the model's folder or hub repository carries (off by default,
             as in LLaMA-Factory: only for models you trust).
     """
@@ -121,7 +128,7 @@ class Generator:
     ) -> None:
         self.backend = resolve_backend(backend)
         if batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1, got {batch_size}.")
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
 
         from llamafactory.data import get_template_and_fix_tokenizer
         from llamafactory.hparams import get_infer_args
@@ -185,71 +192,102 @@ class Generator:
         r"""Prompt token ids in this generator's template (see :func:`encode_prompt`)."""
         return encode_prompt(self.template, self.tokenizer, messages, system, cutoff_len)
 
-    def generate(self, prompts: Sequence[list[int]], config: SamplingConfig) -> list[list[str]]:
-        r"""``config.num_samples`` completions for each prompt (token ids), in the prompts' order."""
+    def generate(
+        self, prompts: Sequence[list[int]], config: SamplingConfig, seeds: Sequence[int] | None = None
+    ) -> list[list[str]]:
+        r"""``config.num_samples`` completions for each prompt (token ids), in the prompts' order.
+
+        ``seeds`` gives each prompt its own sampling seed (default: ``config.seed`` for every prompt), so that a
+        prompt's samples do not depend on the other prompts of the call: a resumed run samples what an
+        uninterrupted one does. Greedy decoding needs no seed.
+        """
         config.check()
         if not prompts:
             return []
+        seeds = [config.seed] * len(prompts) if seeds is None else list(seeds)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts.")
         if self.backend == "vllm":
-            return self._generate_vllm(prompts, config)
-        return self._generate_transformers(prompts, config)
+            return self._generate_vllm(prompts, config, seeds)
+        return self._generate_transformers(prompts, config, seeds)
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def _generate_vllm(self, prompts: Sequence[list[int]], config: SamplingConfig) -> list[list[str]]:
+    def _generate_vllm(
+        self, prompts: Sequence[list[int]], config: SamplingConfig, seeds: Sequence[int]
+    ) -> list[list[str]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=config.num_samples,
-            temperature=config.temperature,
-            top_p=config.top_p if config.temperature > 0 else 1.0,
-            max_tokens=config.max_new_tokens,
-            seed=config.seed,
-            stop_token_ids=self.stop_token_ids,
-            skip_special_tokens=True,
-        )
+        params = [
+            SamplingParams(
+                n=config.num_samples,
+                temperature=config.temperature,
+                top_p=config.top_p if config.temperature > 0 else 1.0,
+                max_tokens=config.max_new_tokens,
+                seed=seed,
+                stop_token_ids=self.stop_token_ids,
+                skip_special_tokens=True,
+            )
+            for seed in seeds
+        ]
         requests = [{"prompt_token_ids": list(ids)} for ids in prompts]
-        outputs = self.llm.generate(requests, params, lora_request=self.lora_request)
+        outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=False)
         return [[self._decode(sample.token_ids) for sample in output.outputs] for output in outputs]
 
-    def _generate_transformers(self, prompts: Sequence[list[int]], config: SamplingConfig) -> list[list[str]]:
-        import torch
+    def _generate_transformers(
+        self, prompts: Sequence[list[int]], config: SamplingConfig, seeds: Sequence[int]
+    ) -> list[list[str]]:
         from transformers import set_seed
 
-        set_seed(config.seed)
-        device = self.model.device
-        pad_id = self.tokenizer.pad_token_id
         sampling = config.temperature > 0
         gen_kwargs: dict[str, Any] = {
             "max_new_tokens": config.max_new_tokens,
             "do_sample": sampling,
             "num_return_sequences": config.num_samples,
             "eos_token_id": self.stop_token_ids,
-            "pad_token_id": pad_id,
+            "pad_token_id": self.tokenizer.pad_token_id,
         }
         if sampling:
             gen_kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=0)
         else:  # greedy: no sampling settings, so generation_config's defaults do not warn or interfere
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
 
-        results: list[list[str]] = []
-        for batch in _batches(prompts, self.batch_size):
-            width = max(len(ids) for ids in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(batch):  # left padding: every prompt ends where generation starts
-                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                attention_mask[row, width - len(ids) :] = 1
-            with torch.inference_mode():
-                output = self.model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **gen_kwargs
-                )
-            completions = output[:, width:].tolist()
-            for row in range(len(batch)):
-                samples = completions[row * config.num_samples : (row + 1) * config.num_samples]
-                results.append([self._decode(self._cut_at_stop(ids)) for ids in samples])
+        if not sampling:  # deterministic: batches of prompts
+            results: list[list[str]] = []
+            for batch in _batches(prompts, self.batch_size):
+                results += self._generate_batch(batch, config.num_samples, gen_kwargs)
+            return results
+
+        # Sampling draws from one random stream per call: one prompt per call (its samples batched), with its seed.
+        results = []
+        for ids, seed in zip(prompts, seeds):
+            set_seed(seed)
+            results += self._generate_batch([ids], config.num_samples, gen_kwargs)
         return results
+
+    def _generate_batch(
+        self, batch: Sequence[list[int]], num_samples: int, gen_kwargs: dict[str, Any]
+    ) -> list[list[str]]:
+        import torch
+
+        pad_id = self.tokenizer.pad_token_id
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):  # left padding: every prompt ends where generation starts
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+        device = self.model.device
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **gen_kwargs
+            )
+        completions = output[:, width:].tolist()
+        return [
+            [self._decode(self._cut_at_stop(ids)) for ids in completions[row * num_samples : (row + 1) * num_samples]]
+            for row in range(len(batch))
+        ]
 
     def _cut_at_stop(self, ids: list[int]) -> list[int]:
         r"""Completion ids up to (without) the first stop token; the rest is padding."""

@@ -346,7 +346,8 @@ class ExampleIndex:
 
     def scored_by(self, model_spec: "FrozenModel") -> "ExampleIndex | _PrefixedExamples":
         r"""These examples as ``model_spec`` scores them: its ``input_prefix`` columns (the weak rendering)."""
-        return _PrefixedExamples(self, model_spec.input_prefix) if model_spec.input_prefix else self
+        prefix = getattr(model_spec, "input_prefix", "")
+        return _PrefixedExamples(self, prefix) if prefix else self
 
 
 class _PrefixedExamples:
@@ -546,6 +547,9 @@ def precompute_logps(
 ) -> LogpsStore:
     r"""Compute (or reuse) ``combine({model.name: per-token logps})`` for every example of ``datasets``.
 
+    ``collate`` makes a batch of rows; with cross-tokenizer WSPO it is a mapping from each model's ``input_prefix``
+    to the collator of that rendering (the weak one pads with the weak tokenizer).
+
     Rank 0 alone fingerprints, checks the cache and decides; every rank follows the broadcast decision, so no
     rank can take another path than the others (and wait forever at a barrier they never reach).
     """
@@ -632,7 +636,7 @@ def _compute_shard(
                 model,
                 examples.scored_by(model_spec),
                 share,
-                collate,
+                collate[getattr(model_spec, "input_prefix", "")] if isinstance(collate, Mapping) else collate,
                 batch_size,
                 desc,
                 show_progress,

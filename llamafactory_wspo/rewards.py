@@ -1,7 +1,7 @@
 """Rule-based rewards: the summary-length reward of the WSPO paper's XSUM experiment.
 
 Pure Python, no torch: the same functions serve the ``grpo`` stage (as TRL reward functions), the
-reward server (``scripts/reward_server.py``) and the XSUM evaluation (``scripts/evaluate_xsum.py``).
+reward server (``llamafactory-wspo reward-server``) and the XSUM evaluation (``llamafactory-wspo eval-xsum``).
 
 The length reward of a text with ``L`` words (whitespace-separated) for the target range
 ``[L_min, L_max]`` is

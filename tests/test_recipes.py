@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.cross import WEAK_TEMPLATE, build_cross_assets
 from helpers.train import ROOT, run_train, train_logs
 
 
@@ -26,9 +27,10 @@ def _id(recipe: Path) -> str:
     return str(recipe.relative_to(ROOT / "yaml_recipes"))
 
 
-def combination(config: dict) -> tuple[str, str, str | None]:
-    r"""What a tiny run of a recipe exercises: stage, finetuning type and DeepSpeed config."""
-    return config["stage"], config.get("finetuning_type", "lora"), config.get("deepspeed")
+def combination(config: dict) -> tuple[str, str, str | None, bool]:
+    r"""What a tiny run of a recipe exercises: stage, finetuning type, DeepSpeed config, and whether its weak models
+    have a tokenizer and template of their own (cross-tokenizer WSPO, ``weak_template``)."""
+    return config["stage"], config.get("finetuning_type", "lora"), config.get("deepspeed"), "weak_template" in config
 
 
 def one_per_combination(recipes: list[Path]) -> list[Path]:
@@ -53,8 +55,8 @@ def test_recipes_exist():
 def test_one_tiny_run_per_plugin_combination():
     combinations = {combination(_load(recipe)) for recipe in RECIPES if _load(recipe)["stage"] in PLUGIN_STAGES}
     assert sorted(combination(_load(recipe)) for recipe in TINY_RUNS) == sorted(combinations)
-    # the recipes of today: WSPO full and LoRA, WPO and GRPO full, all ZeRO-3
-    assert len(TINY_RUNS) >= 4
+    # the recipes of today: WSPO full, LoRA and cross-tokenizer, WPO and GRPO full, all ZeRO-3
+    assert len(TINY_RUNS) >= 5
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=_id)
@@ -80,8 +82,15 @@ def test_misspelt_key_is_rejected():
         _parse_train_args({**config, "learnig_rate": 1e-5})
 
 
-def _tiny(recipe: Path, assets: Path, workdir: Path) -> dict:
-    r"""The recipe with its models and data swapped for tiny local ones and one optimiser step."""
+@pytest.fixture(scope="module")
+def cross_family(assets, tmp_path_factory) -> Path:
+    r"""Weak models with a second tiny tokenizer kind (byte-level BPE), for the cross-tokenizer recipes."""
+    return build_cross_assets(assets, tmp_path_factory.mktemp("cross"))
+
+
+def _tiny(recipe: Path, assets: Path, workdir: Path, cross_family: Path | None = None) -> dict:
+    r"""The recipe with its models and data swapped for tiny local ones and one optimiser step; the weak roles of a
+    cross-tokenizer recipe (``weak_template``) get ``cross_family``'s models, which the recipe's template renders."""
     config = _load(recipe)
     roles = {
         "model_name_or_path": "weak" if recipe.stem.startswith("weak") else "strong",
@@ -92,6 +101,11 @@ def _tiny(recipe: Path, assets: Path, workdir: Path) -> dict:
     for key, role in roles.items():
         if key in config:
             config[key] = str(assets / role)
+
+    if "weak_template" in config:
+        assert config["weak_template"] == WEAK_TEMPLATE  # the family carries that template's special tokens
+        for key in ("weak_base_model", "weak_aligned_model"):
+            config[key] = str(cross_family / roles[key])
 
     ranking = {DATASET_INFO[name].get("ranking", False) for name in config["dataset"].split(",")}
     config.update(
@@ -116,10 +130,13 @@ def _tiny(recipe: Path, assets: Path, workdir: Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", TINY_RUNS, ids=_id)
-def test_recipe_runs_in_tiny_form(recipe, assets, tmp_path):
-    config = _tiny(recipe, assets, tmp_path)
-    run_train(config, tmp_path, nproc=2)  # every recipe uses ZeRO-3: two processes
+def test_recipe_runs_in_tiny_form(recipe, assets, tmp_path, cross_family):
+    config = _tiny(recipe, assets, tmp_path, cross_family)
+    proc = run_train(config, tmp_path, nproc=2)  # every recipe uses ZeRO-3: two processes
     (log,) = train_logs(tmp_path / "out")
     assert math.isfinite(log["loss"])
+    if "weak_template" in config:
+        assert "Cross-tokenizer WSPO: strong tokenizer" in proc.stdout + proc.stderr
+        assert log["wspo/projection_unmatched"] == 0.0
     weights = "adapter_model.safetensors" if config["finetuning_type"] == "lora" else "model.safetensors"
     assert (tmp_path / "out" / weights).is_file()

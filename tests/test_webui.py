@@ -34,6 +34,7 @@ MODEL_NAME = "Qwen2.5-0.5B-Instruct"  # template `qwen`, as the tiny models use;
 EXTRA_ARGS = '{"optim": "adamw_torch", "max_steps": 2, "preprocessing_num_workers": null}'
 
 
+@pytest.mark.host_compat
 def test_labels_in_every_language_of_llamaboard():
     from llamafactory.webui.locales import LOCALES as HOST_LOCALES
 
@@ -87,6 +88,7 @@ print("PROBE" + json.dumps(out, default=str))
 
 
 @pytest.mark.slow
+@pytest.mark.host_compat
 def test_stock_stages_build_the_same_arguments(assets, tmp_path):
     r"""Every stock stage: same validation, arguments, command, saved configuration and data sets as without us."""
     results = {}

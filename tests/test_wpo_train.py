@@ -10,7 +10,7 @@ from helpers.train import DS_Z3_CONFIG, log_history, run_train, train_logs, wpo_
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "simpo"])
+@pytest.mark.parametrize("loss_type", [pytest.param("sigmoid", marks=pytest.mark.host_compat), "ipo", "simpo"])
 def test_wpo_runs(assets, tmp_path, run_in_process, loss_type):
     config = wpo_config(assets, tmp_path, pref_loss=loss_type, plot_loss=True, learning_rate=1e-4)
     run_in_process(config).check()
@@ -28,6 +28,7 @@ def test_wpo_runs(assets, tmp_path, run_in_process, loss_type):
     assert (out / "training_wpo_weights.png").is_file() and (out / "training_loss.png").is_file()
 
 
+@pytest.mark.host_compat
 def test_precomputed_reference_gives_the_same_losses(assets, tmp_path, run_in_process):
     common = {"val_size": 0.25, "do_eval": True, "eval_strategy": "steps", "eval_steps": 2, "pref_ftx": 0.3}
     run_in_process(wpo_config(assets, tmp_path / "pre", **common)).check()

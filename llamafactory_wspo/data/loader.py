@@ -1,6 +1,7 @@
 """WSPO data: LLaMA-Factory's own loading and templates, SFT-format or pairwise data sets."""
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from llamafactory.data import get_dataset
@@ -9,6 +10,8 @@ from llamafactory.extras.constants import IGNORE_INDEX
 
 from ..logging import get_logger
 from ..precompute import KL_PREFIX
+from ..projection import WEAK_INPUT_IDS
+from .cross import report_weak_side, weak_side_in_dataset_pass
 
 
 logger = get_logger(__name__)
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from transformers import Seq2SeqTrainingArguments
 
     from ..hparams import WSPOArguments
+    from .cross import WeakSide
 
 
 _PAIR_COLUMNS = ("input_ids", "attention_mask", "labels")
@@ -120,13 +124,15 @@ def drop_unscored(dataset_module: dict[str, Any], label_columns: Sequence[str], 
     return map_splits(drop, dataset_module)
 
 
-def max_token_id(dataset_module: dict[str, Any]) -> int:
-    r"""The largest token id in any ``*input_ids`` column of the training and evaluation sets."""
+def max_token_id(dataset_module: dict[str, Any], weak: bool = False) -> int:
+    r"""The largest token id in any ``*input_ids`` column of the training and evaluation sets: the strong side's,
+    or with ``weak`` the weak rendering's (``weak_input_ids`` of cross-tokenizer WSPO)."""
     import pyarrow.compute as pc
 
     largest = -1
     for dataset in dataset_splits(dataset_module):
-        for column in (name for name in dataset.column_names if name.endswith("input_ids")):
+        columns = [name for name in dataset.column_names if name.endswith("input_ids")]
+        for column in (name for name in columns if name.endswith(WEAK_INPUT_IDS) == weak):
             for batch in dataset.select_columns([column]).with_format("arrow").iter(batch_size=4096):
                 value = pc.max(pc.list_flatten(batch[column])).as_py()
                 largest = max(largest, -1 if value is None else value)
@@ -135,15 +141,20 @@ def max_token_id(dataset_module: dict[str, Any]) -> int:
 
 
 def select_responses(dataset: "Dataset", choice: str) -> "Dataset":
-    r"""Turn LLaMA-Factory's pairwise columns into SFT columns holding the chosen, rejected or both responses."""
+    r"""Turn LLaMA-Factory's pairwise columns into SFT columns holding the chosen, rejected or both responses.
+
+    Every ``chosen_<name>`` column (``input_ids``, ``attention_mask``, ``labels``, and the weak side's columns of
+    cross-tokenizer WSPO) becomes ``<name>``; the other columns are repeated for each selected response.
+    """
     sides = ("chosen", "rejected") if choice == "both" else (choice,)
     extra = [name for name in dataset.column_names if not name.startswith(("chosen_", "rejected_"))]
+    per_side = [name.removeprefix("chosen_") for name in dataset.column_names if name.startswith("chosen_")]
 
     def select(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {name: [] for name in (*_PAIR_COLUMNS, *extra)}
+        out: dict[str, list[Any]] = {name: [] for name in (*per_side, *extra)}
         for i in range(len(batch["chosen_input_ids"])):
             for side in sides:
-                for name in _PAIR_COLUMNS:
+                for name in per_side:
                     out[name].append(batch[f"{side}_{name}"][i])
 
                 for name in extra:
@@ -175,9 +186,14 @@ def get_wspo_dataset(
     training_args: "Seq2SeqTrainingArguments",
     finetuning_args: "WSPOArguments",
     pairwise: bool,
+    weak_side: "WeakSide | None" = None,
     **tokenizer_module,
 ) -> dict[str, Any]:
-    r"""Load, template and tokenize through LLaMA-Factory; pairwise sets become (prompt, response) examples."""
+    r"""Load, template and tokenize through LLaMA-Factory; pairwise sets become (prompt, response) examples.
+
+    With ``weak_side`` (cross-tokenizer WSPO) each row also gets the weak rendering, made in the same pass
+    (:mod:`llamafactory_wspo.data.cross`).
+    """
     dataset_names = (data_args.dataset or []) + (data_args.eval_dataset or [])
     names = ", ".join(dataset_names)
     response_columns = {
@@ -187,9 +203,10 @@ def get_wspo_dataset(
         if column
     }
     try:
-        dataset_module = get_dataset(
-            template, model_args, data_args, training_args, stage="rm" if pairwise else "sft", **tokenizer_module
-        )
+        with weak_side_in_dataset_pass(weak_side, data_args) if weak_side else nullcontext():
+            dataset_module = get_dataset(
+                template, model_args, data_args, training_args, stage="rm" if pairwise else "sft", **tokenizer_module
+            )
     except RuntimeError as err:  # every example was dropped for lack of a response
         if "Cannot find valid samples" in str(err):
             raise ValueError(_no_response_message(names)) from err
@@ -205,6 +222,9 @@ def get_wspo_dataset(
         dataset_module = map_splits(
             lambda split: select_responses(split, finetuning_args.wspo_response), dataset_module
         )
+
+    if weak_side is not None:
+        dataset_module = report_weak_side(dataset_module, data_args.cutoff_len)
 
     return drop_unscored(dataset_module, ("labels",), data_args.cutoff_len)
 

@@ -1,7 +1,8 @@
 """LLaMA-Board (``llamafactory-cli webui``): the ``wspo`` and ``wpo`` stages in the Train tab.
 
-:func:`llamafactory_wspo.integration.on_import` calls :func:`patch` right after LLaMA-Factory (a supported
-release only) has executed one of LLaMA-Board's modules; each is extended by the module of the same name here:
+:func:`llamafactory_wspo.integration.on_import` calls :func:`check`, then :func:`patch`, right after
+LLaMA-Factory has executed one of LLaMA-Board's modules; each is handled by the module of the same name here,
+whose ``check`` names every point of the host module that its ``patch`` relies on:
 
 * ``webui.control`` (:mod:`.control`): the stage labels ``WSPO`` and ``WPO`` join ``TRAINING_STAGES`` (after the
   stock ones), ``wpo`` joins the stages that list pairwise data sets, and WSPO lists data sets of both kinds;
@@ -10,25 +11,35 @@ release only) has executed one of LLaMA-Board's modules; each is extended by the
   registered like the stock ones (``train.weak_base_model``, ...), so "Save/Load arguments" and a resumed run keep
   them, and their labels come from :mod:`.locales` in every language LLaMA-Board offers;
 * ``webui.runner`` (:mod:`.runner`): the generated arguments (preview, ``training_args.yaml`` of "Start") get the
-  stage's fields, and a WSPO run without weak models is refused with a message.
+  stage's fields, and a WSPO run without weak models is refused with a message;
+* ``webui.engine`` (:mod:`.engine`): checked only (the language switch and the element manager).
 
-Stock stages build exactly the arguments and the saved configurations that they build without the plugin.
-Nothing here is imported before LLaMA-Board itself is.
+The stages join the "Stage" list only once all four modules are checked and every check holds (the
+``LLAMABOARD`` area of :mod:`llamafactory_wspo.integration`); otherwise the Train tab is the stock one, with one
+warning naming the point. Stock stages build exactly the arguments and the saved configurations that they build
+without the plugin. Nothing here is imported before LLaMA-Board itself is.
 """
 
+import importlib
 
-def patch(module) -> None:
-    r"""Extend the LLaMA-Board module ``module``, which LLaMA-Factory has just executed, if it is one we extend."""
-    name = module.__name__
-    if name == "llamafactory.webui.control":
-        from . import control
 
-        control.patch(module)
-    elif name == "llamafactory.webui.components.train":
-        from .components import train
+_COUNTERPARTS = {
+    "llamafactory.webui.control": ".control",
+    "llamafactory.webui.components.train": ".components.train",
+    "llamafactory.webui.runner": ".runner",
+    "llamafactory.webui.engine": ".engine",
+}
 
-        train.patch(module)
-    elif name == "llamafactory.webui.runner":
-        from . import runner
 
-        runner.patch(module)
+def _counterpart(module):
+    return importlib.import_module(_COUNTERPARTS[module.__name__], __name__)
+
+
+def check(module) -> None:
+    r"""Raise :class:`~llamafactory_wspo.integration.HostMismatch` where ``module`` lacks a point the patch needs."""
+    _counterpart(module).check(module)
+
+
+def patch(module):
+    r"""Extend the LLaMA-Board module ``module``; returns what to do once all of LLaMA-Board is checked (or None)."""
+    return _counterpart(module).patch(module)

@@ -2,12 +2,34 @@
 
 import functools
 
+from ..integration import HostMismatch, host_attr, host_module
 from .common import UI_STAGES, get_stage
 from .locales import LOCALES
 
 
-def patch(control) -> None:
-    r"""Add ``WSPO`` and ``WPO`` after the stock stages; ``wpo`` lists pairwise data sets, WSPO both kinds."""
+def check(control) -> None:
+    r"""The data set list, LLaMA-Board's stage tables, and its label table."""
+    host_attr(control, "list_datasets", ("dataset_dir", "training_stage"))
+    host_attr(control, "load_dataset_info", ("dataset_dir",))
+    host_attr(control, "DEFAULT_DATA_DIR")
+    constants = host_module("llamafactory.extras.constants")
+    for name, kind in (("TRAINING_STAGES", dict), ("STAGES_USE_PAIR_DATA", set)):
+        if not isinstance(host_attr(constants, name), kind):
+            raise HostMismatch(f"llamafactory.extras.constants.{name} is not a {kind.__name__}")
+
+    labels = host_attr(host_module("llamafactory.webui.locales"), "LOCALES")
+    if not isinstance(labels, dict) or "pref_beta" not in labels:
+        raise HostMismatch("llamafactory.webui.locales.LOCALES has no entry pref_beta")
+
+
+def patch(control):
+    r"""WSPO lists data sets of both kinds; the stages and their labels join LLaMA-Board once it is all checked."""
+    control.list_datasets = _wrap_list_datasets(control, control.list_datasets)
+    return _add_stages
+
+
+def _add_stages() -> None:
+    r"""Add ``WSPO`` and ``WPO`` after the stock stages (``wpo`` lists pairwise data sets), and their labels."""
     from llamafactory.extras import constants
     from llamafactory.webui import locales
 
@@ -17,8 +39,6 @@ def patch(control) -> None:
     constants.STAGES_USE_PAIR_DATA.add("wpo")
     for key, table in LOCALES.items():
         locales.LOCALES.setdefault(key, table)
-
-    control.list_datasets = _wrap_list_datasets(control, control.list_datasets)
 
 
 def _wrap_list_datasets(control, original):

@@ -32,6 +32,25 @@ LOCALES: dict[str, dict[str, dict[str, str]]] = {
             "info": "アライメント後（DPO など）の弱いモデルのパスまたは Hub ID（π_w*）。",
         },
     },
+    "weak_template": {
+        "en": {
+            "label": "Weak template",
+            "info": "Chat template of the weak models' family when their tokenizer differs (cross-tokenizer WSPO).",
+        },
+        "ru": {
+            "label": "Шаблон слабой модели",
+            "info": "Шаблон чата семейства слабых моделей, если их токенизатор другой (кросс-токенизаторный WSPO).",
+        },
+        "zh": {"label": "弱模型模板", "info": "弱模型分词器不同时（跨分词器 WSPO）所用的弱模型系列对话模板。"},
+        "ko": {
+            "label": "약한 모델 템플릿",
+            "info": "약한 모델의 토크나이저가 다를 때(교차 토크나이저 WSPO) 사용할 약한 모델 계열의 채팅 템플릿.",
+        },
+        "ja": {
+            "label": "弱いモデルのテンプレート",
+            "info": "弱いモデルのトークナイザーが異なる場合（クロストークナイザー WSPO）の、その系列のチャットテンプレート。",
+        },
+    },
     "wspo_response": {
         "en": {"label": "Responses", "info": "Responses of a pairwise data set to train on (SFT data: its response)."},
         "ru": {
@@ -66,12 +85,96 @@ LOCALES: dict[str, dict[str, dict[str, str]]] = {
         "ko": {"label": "로그 확률 사전 계산", "info": "학습 전에 고정 모델을 한 번 계산합니다 (캐시)."},
         "ja": {"label": "対数確率を事前計算", "info": "学習前に固定モデルを一度だけ計算します（キャッシュ）。"},
     },
+    "grpo_reward_funcs": {
+        "en": {
+            "label": "Reward functions",
+            "info": "Comma-separated: length, a module:function, or a reward model path.",
+        },
+        "ru": {
+            "label": "Функции награды",
+            "info": "Через запятую: length, module:function или путь к модели награды.",
+        },
+        "zh": {"label": "奖励函数", "info": "逗号分隔：length、module:function 或奖励模型路径。"},
+        "ko": {"label": "보상 함수", "info": "쉼표로 구분: length, module:function 또는 보상 모델 경로."},
+        "ja": {"label": "報酬関数", "info": "カンマ区切り：length、module:function、または報酬モデルのパス。"},
+    },
+    "length_reward_min": {
+        "en": {"label": "Length reward min", "info": "Shortest in-range output of the length reward, in words."},
+        "ru": {"label": "Мин. длина награды", "info": "Самый короткий ответ в диапазоне награды за длину, в словах."},
+        "zh": {"label": "长度奖励下限", "info": "长度奖励范围内最短的输出（词数）。"},
+        "ko": {"label": "길이 보상 최소", "info": "길이 보상 범위의 가장 짧은 출력(단어 수)."},
+        "ja": {"label": "長さ報酬の最小", "info": "長さ報酬の範囲内で最も短い出力（単語数）。"},
+    },
+    "length_reward_max": {
+        "en": {"label": "Length reward max", "info": "Longest in-range output of the length reward, in words."},
+        "ru": {"label": "Макс. длина награды", "info": "Самый длинный ответ в диапазоне награды за длину, в словах."},
+        "zh": {"label": "长度奖励上限", "info": "长度奖励范围内最长的输出（词数）。"},
+        "ko": {"label": "길이 보상 최대", "info": "길이 보상 범위의 가장 긴 출력(단어 수)."},
+        "ja": {"label": "長さ報酬の最大", "info": "長さ報酬の範囲内で最も長い出力（単語数）。"},
+    },
+    "grpo_num_generations": {
+        "en": {
+            "label": "Generations per prompt",
+            "info": "Outputs sampled per prompt (the group); must divide the batch.",
+        },
+        "ru": {"label": "Генераций на запрос", "info": "Ответов на запрос (группа); должно делить размер батча."},
+        "zh": {"label": "每个提示的生成数", "info": "每个提示采样的输出数（组），必须整除批大小。"},
+        "ko": {
+            "label": "프롬프트당 생성 수",
+            "info": "프롬프트마다 샘플링하는 출력 수(그룹); 배치를 나누어야 합니다.",
+        },
+        "ja": {
+            "label": "プロンプトごとの生成数",
+            "info": "プロンプトごとにサンプルする出力数（グループ）。バッチを割り切ること。",
+        },
+    },
+    "grpo_max_completion_length": {
+        "en": {"label": "Max completion length", "info": "Longest sampled output, in tokens."},
+        "ru": {"label": "Макс. длина ответа", "info": "Самый длинный сэмплируемый ответ, в токенах."},
+        "zh": {"label": "最大生成长度", "info": "采样输出的最大 token 数。"},
+        "ko": {"label": "최대 생성 길이", "info": "샘플링된 출력의 최대 토큰 수."},
+        "ja": {"label": "最大生成長", "info": "サンプルする出力の最大トークン数。"},
+    },
+    "grpo_temperature": {
+        "en": {"label": "Sampling temperature", "info": "Temperature of the sampled outputs."},
+        "ru": {"label": "Температура сэмплирования", "info": "Температура сэмплируемых ответов."},
+        "zh": {"label": "采样温度", "info": "采样输出的温度。"},
+        "ko": {"label": "샘플링 온도", "info": "샘플링되는 출력의 온도."},
+        "ja": {"label": "サンプリング温度", "info": "サンプルする出力の温度。"},
+    },
+    "grpo_top_p": {
+        "en": {"label": "Sampling top-p", "info": "Nucleus threshold of the sampled outputs."},
+        "ru": {"label": "Top-p сэмплирования", "info": "Порог nucleus-сэмплирования ответов."},
+        "zh": {"label": "采样 Top-p", "info": "采样输出的核采样阈值。"},
+        "ko": {"label": "샘플링 Top-p", "info": "샘플링되는 출력의 누클리어스 임계값."},
+        "ja": {"label": "サンプリング Top-p", "info": "サンプルする出力の nucleus しきい値。"},
+    },
+    "grpo_beta": {
+        "en": {
+            "label": "KL coefficient (β of GRPO)",
+            "info": "Weight of the KL term towards the initial model; 0 loads no reference.",
+        },
+        "ru": {
+            "label": "Коэффициент KL (β GRPO)",
+            "info": "Вес KL-члена к исходной модели; 0 не загружает эталонную модель.",
+        },
+        "zh": {"label": "KL 系数（GRPO 的 β）", "info": "朝向初始模型的 KL 项权重；0 表示不加载参考模型。"},
+        "ko": {
+            "label": "KL 계수 (GRPO의 β)",
+            "info": "초기 모델에 대한 KL 항의 가중치; 0이면 참조 모델을 불러오지 않습니다.",
+        },
+        "ja": {
+            "label": "KL 係数（GRPO の β）",
+            "info": "初期モデルへの KL 項の重み。0 なら参照モデルを読み込まない。",
+        },
+    },
 }
 
 # Titles of the settings accordion, per stage (its label depends on the stage, so it is not in LOCALES).
 TAB_LABELS = {
     "wspo": {"en": "WSPO configurations", "ru": "Конфигурации WSPO", "zh": "WSPO 参数设置", "ko": "WSPO 구성", "ja": "WSPO 設定"},
     "wpo": {"en": "WPO configurations", "ru": "Конфигурации WPO", "zh": "WPO 参数设置", "ko": "WPO 구성", "ja": "WPO 設定"},
+    "grpo": {"en": "GRPO configurations", "ru": "Конфигурации GRPO", "zh": "GRPO 参数设置", "ko": "GRPO 구성", "ja": "GRPO 設定"},
 }  # fmt: skip
 
 # WSPO's γ is LLaMA-Factory's `pref_beta`: the field says so while WSPO is selected.

@@ -4,8 +4,21 @@ import functools
 import json
 from typing import Any
 
-from .common import FIELDS, STAGE_FIELDS, get_stage, localize
+from ..integration import HostMismatch, host_attr, host_module
+from .common import FIELDS, STAGE_FIELDS, STAGE_HOST_KEYS, get_stage, localize
 from .locales import ERR_NO_WEAK_MODEL
+
+
+def check(runner) -> None:
+    r"""The runner methods wrapped below, and ``_clean_cmd`` as the step of every generated command."""
+    host_attr(runner, "Runner._initialize", ("self", "data", "do_train", "from_preview"))
+    host_attr(runner, "Runner._parse_train_args", ("self", "data"))
+    host_attr(runner, "Runner._build_config_dict", ("self", "data"))
+    common = host_module("llamafactory.webui.common")
+    host_attr(common, "_clean_cmd", ("args",))
+    for name in ("gen_cmd", "save_cmd"):
+        if "_clean_cmd" not in host_attr(common, name).__code__.co_names:
+            raise HostMismatch(f"llamafactory.webui.common.{name} no longer calls _clean_cmd")
 
 
 def patch(runner) -> None:
@@ -50,7 +63,7 @@ def _wrap_parse_train_args(original):
             return args
 
         get = _getter(self, data)
-        keys = ("pref_beta", "pref_ftx") + (("pref_loss",) if stage == "wpo" else ()) + STAGE_FIELDS[stage]
+        keys = STAGE_HOST_KEYS[stage] + STAGE_FIELDS[stage]
         extra_args = json.loads(get("train.extra_args"))  # valid: checked by `_initialize`
         for key in keys:  # pref_beta: gamma for WSPO, beta of the preference loss for WPO
             if key not in extra_args:  # "Extra arguments" win, e.g. {"pref_loss": "robust"} for WPO

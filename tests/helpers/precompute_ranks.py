@@ -2,7 +2,8 @@
 
 Run by ``torchrun --nproc_per_node 2`` from ``tests/test_reliability.py``: ``argv`` is the cache directory and
 a complete cache of the same examples and models (the other run's). Rank 1's view of the file system lags: its
-first look at the manifest waits until the other run's cache is in place. Each rank prints one JSON line.
+first look at the manifest waits until the other run's cache is in place. Each rank writes ``rank<N>.json`` beside
+the cache directory.
 """
 
 import json
@@ -58,7 +59,8 @@ def main() -> None:
         [Dataset.from_dict(examples())], [TinyFrozen()], lambda logps: {"ref_logps": logps["ref"]}, collate,
         cache_dir, {}, batch_size=4, show_progress=False,
     )  # fmt: skip
-    print(json.dumps({"rank": rank, "examples": len(store)}), flush=True)
+    with open(os.path.join(os.path.dirname(cache_dir), f"rank{rank}.json"), "w") as f:  # not stdout: ranks interleave
+        json.dump({"rank": rank, "examples": len(store)}, f)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -9,11 +9,12 @@ from trl.models.utils import prepare_deepspeed
 from trl.trainer.utils import disable_dropout_in_model
 from typing_extensions import override
 
-from ...losses import sft_loss, wspo_loss
+from ...losses import response_mask, sft_loss, wspo_loss
 from ...precompute import REF_LOGPS, WEAK_SHIFT
 from ...scoring import TokenScores, score_tokens
 from ..guards import FiniteLossMixin
 from ..metrics import PreferenceMetricsMixin
+from .cross import PROJECTION_COLUMNS, pop_weak_batch, project_per_step, projection_metrics
 
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from ...hparams import WSPOArguments
 
 
-WSPO_COLUMNS = (REF_LOGPS, WEAK_SHIFT)
+WSPO_COLUMNS = (REF_LOGPS, WEAK_SHIFT, *PROJECTION_COLUMNS)
 
 
 def wspo_targets(logps: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -83,10 +84,13 @@ class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
 
     @torch.no_grad()
     def compute_targets(self, model: "PreTrainedModel", batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        r"""Per-step mode: the same values that the precompute pass stores."""
-        logps = {}
+        r"""Per-step mode: the same values that the precompute pass stores (cross-tokenizer WSPO: the weak models
+        score the weak rendering, and their shift is moved onto the strong tokens)."""
+        weak = pop_weak_batch(batch)
+        scores, logps = {}, {}
         for name in ("weak_base", "weak_aligned"):
-            logps[name] = self._logps(self.frozen_models[name], batch).logps
+            scores[name] = self._logps(self.frozen_models[name], weak[0] if weak else batch)
+            logps[name] = scores[name].logps
 
         if "ref" in self.frozen_models:
             ref_model, ref_context = self.frozen_models["ref"], nullcontext()
@@ -96,7 +100,15 @@ class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
         with ref_context:
             logps["ref"] = self._logps(ref_model, batch).logps
 
-        return wspo_targets(logps, self.storage_dtype)
+        if weak is None:
+            return wspo_targets(logps, self.storage_dtype)
+
+        strong_mask = response_mask(batch["labels"])
+        projected = project_per_step(
+            logps["weak_base"], logps["weak_aligned"], scores["weak_base"].mask, weak[1], strong_mask
+        )
+        targets = {REF_LOGPS: logps["ref"], **projected}
+        return {name: value.to(self.storage_dtype) for name, value in targets.items()}
 
     def get_batch_loss_metrics(
         self, model: "PreTrainedModel", batch: dict[str, torch.Tensor], train_eval: Literal["train", "eval"]
@@ -120,6 +132,7 @@ class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
             f"{prefix}wspo/weak_logratio": ((weak_shift * mask).sum(-1) / num_tokens).mean().item(),
             f"{prefix}wspo/strong_logratio": (((policy_logps - ref_logps) * mask).sum(-1) / num_tokens).mean().item(),
             f"{prefix}logps/chosen": policy_logps.sum(-1).mean().item(),
+            **projection_metrics(targets, prefix),
         }
         return losses.mean(), metrics
 

@@ -72,7 +72,7 @@ def run_wspo(
             dataset_module,
             frozen,
             combine=lambda logps: (projected_targets if weak_side else wspo_targets)(logps, storage_dtype),
-            collate=SFTDataCollatorWithLogps(**collator_args),
+            collate=weak_side.collators(collator_args) if weak_side else SFTDataCollatorWithLogps(**collator_args),
             training_args=training_args,
             finetuning_args=finetuning_args,
             extra={

@@ -1,11 +1,30 @@
 """``llamafactory.webui.components.train``: the settings of the selected plugin stage in the Train tab."""
 
+import dataclasses
 import functools
 from typing import Any
 
+from ... import integration
 from ...hparams import WPO_ALIGNMENTS, WPO_WEIGHTINGS, WSPO_RESPONSES
 from ..common import ELEM_ID_PREFIX, FIELDS, STAGE_FIELDS, TAB, get_stage, localize
 from ..locales import TAB_LABELS, WSPO_PREF_BETA
+
+
+# The stock Train tab's elements that the plugin reads (runner), relabels (pref_beta) or places its own after.
+HOST_ELEMENTS = ("training_stage", "pref_beta", "pref_ftx", "pref_loss", "extra_args", "rlhf_tab")
+
+
+def check(train) -> None:
+    r"""``create_train_tab(engine)``, the elements it registers, its inputs taken from the manager, the templates."""
+    create_train_tab = integration.host_attr(train, "create_train_tab", ("engine",))
+    missing = sorted(set(HOST_ELEMENTS) - integration.keyword_names(create_train_tab))
+    if missing:
+        raise integration.HostMismatch(f"{train.__name__}.create_train_tab has no element {', '.join(missing)}")
+    if "get_base_elems" not in create_train_tab.__code__.co_names:
+        raise integration.HostMismatch(
+            f"{train.__name__}.create_train_tab no longer starts from engine.manager.get_base_elems()"
+        )
+    integration.host_attr(integration.host_module("llamafactory.data.template"), "TEMPLATES")  # weak_template's list
 
 
 def patch(train) -> None:
@@ -13,10 +32,16 @@ def patch(train) -> None:
 
 
 def _wrap_create_train_tab(original):
-    r"""The stock Train tab, with one more accordion (after "RLHF configurations") holding the plugin's fields."""
+    r"""The stock Train tab, with one more accordion (after "RLHF configurations") holding the plugin's fields.
+
+    Only where all of LLaMA-Board's checks hold; otherwise the stock tab (the failed check has warned).
+    """
 
     @functools.wraps(original)
     def create_train_tab(engine):
+        if not integration.LLAMABOARD.active:
+            return original(engine)
+
         plugin_elems = _create_plugin_elems()  # rendered first, moved after the RLHF accordion below
         elem_dict = original(_TrainTabEngine(engine, {plugin_elems[key] for key in FIELDS}))
         _move_after(plugin_elems[TAB], elem_dict.get("rlhf_tab"))
@@ -62,6 +87,7 @@ class _TrainTabManager:
 
 def _create_plugin_elems() -> dict[str, Any]:
     import gradio as gr
+    from llamafactory.data.template import TEMPLATES
 
     def elem_id(key: str) -> str:
         return ELEM_ID_PREFIX + key
@@ -70,6 +96,9 @@ def _create_plugin_elems() -> dict[str, Any]:
         with gr.Row():
             weak_base_model = gr.Textbox(scale=3, visible=False, elem_id=elem_id("weak_base_model"))
             weak_aligned_model = gr.Textbox(scale=3, visible=False, elem_id=elem_id("weak_aligned_model"))
+            weak_template = gr.Dropdown(  # empty: the weak models share the strong tokenizer and template
+                choices=list(TEMPLATES), value=None, scale=1, visible=False, elem_id=elem_id("weak_template")
+            )
             wspo_response = gr.Dropdown(
                 choices=list(WSPO_RESPONSES), value="chosen", scale=1, visible=False, elem_id=elem_id("wspo_response")
             )
@@ -80,16 +109,55 @@ def _create_plugin_elems() -> dict[str, Any]:
                 choices=list(WPO_WEIGHTINGS), value="pair", scale=1, visible=False, elem_id=elem_id("wpo_weighting")
             )
             precompute_logps = gr.Checkbox(value=True, scale=1, elem_id=elem_id("precompute_logps"))
+        grpo = _create_grpo_elems(elem_id)
 
     return {
         TAB: tab,
         "weak_base_model": weak_base_model,
         "weak_aligned_model": weak_aligned_model,
+        "weak_template": weak_template,
         "wspo_response": wspo_response,
         "wpo_alignment": wpo_alignment,
         "wpo_weighting": wpo_weighting,
         "precompute_logps": precompute_logps,
+        **grpo,
     }
+
+
+def _create_grpo_elems(elem_id) -> dict[str, Any]:
+    r"""The ``grpo`` stage's fields (a row of their own), with the defaults of its arguments."""
+    import gradio as gr
+
+    from ...hparams import GRPOArguments
+
+    defaults = {field.name: field.default for field in dataclasses.fields(GRPOArguments)}
+
+    def number(key: str, integer: bool) -> Any:
+        return gr.Number(
+            value=defaults[key], precision=0 if integer else None, scale=1, visible=False, elem_id=elem_id(key)
+        )
+
+    with gr.Row():
+        elems = {
+            "grpo_reward_funcs": gr.Textbox(
+                value=defaults["grpo_reward_funcs"], scale=2, visible=False, elem_id=elem_id("grpo_reward_funcs")
+            ),
+            "length_reward_min": number("length_reward_min", True),
+            "length_reward_max": number("length_reward_max", True),
+            "grpo_num_generations": number("grpo_num_generations", True),
+            "grpo_max_completion_length": number("grpo_max_completion_length", True),
+        }
+    with gr.Row():
+        elems["grpo_temperature"] = gr.Slider(
+            minimum=0.01, maximum=2.0, step=0.01, value=defaults["grpo_temperature"], scale=1, visible=False,
+            elem_id=elem_id("grpo_temperature"),
+        )  # fmt: skip
+        elems["grpo_top_p"] = gr.Slider(
+            minimum=0.01, maximum=1.0, step=0.01, value=defaults["grpo_top_p"], scale=1, visible=False,
+            elem_id=elem_id("grpo_top_p"),
+        )  # fmt: skip
+        elems["grpo_beta"] = number("grpo_beta", False)
+    return elems
 
 
 def _move_after(block, anchor) -> None:

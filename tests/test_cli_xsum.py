@@ -1,19 +1,20 @@
-"""``scripts/prepare_xsum.py`` and ``scripts/evaluate_xsum.py`` on tiny local XSUM-like files, run as commands."""
+"""``llamafactory-wspo prepare-xsum`` and ``eval-xsum`` on tiny local XSUM-like files, run as commands."""
 
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers.scripts import script_module
-from helpers.train import ROOT, base_env, run_train
+from helpers.cli import one_line_error, run_cli
+from helpers.train import run_train
+
+from llamafactory_wspo.cli import prepare_xsum
 
 
-PREPARE = ROOT / "scripts" / "prepare_xsum.py"
-EVALUATE = ROOT / "scripts" / "evaluate_xsum.py"
+PREPARE = "prepare-xsum"
+EVALUATE = "eval-xsum"
 INSTRUCTION = "Summarize the following news article in one sentence."  # as stated in the README
 COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
 
@@ -35,15 +36,8 @@ RAW = {
 }
 
 
-def run_script(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=cwd,
-        env=base_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def run_script(command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run_cli(command, *args, cwd=cwd, check=False, timeout=300)
 
 
 @pytest.fixture()
@@ -109,7 +103,7 @@ def test_prepare_writes_alpaca_files_and_merges_dataset_info(raw_dir, tmp_path):
         assert info[f"xsum_{split}"] == {"file_name": f"{split}.json", "columns": COLUMNS}
     assert sorted(p.name for p in out.iterdir()) == ["dataset_info.json", "test.json", "train.json", "validation.json"]
 
-    assert script_module("prepare_xsum").INSTRUCTION == INSTRUCTION
+    assert prepare_xsum.INSTRUCTION == INSTRUCTION
 
 
 def test_prepare_into_a_shared_dataset_info(raw_dir, tmp_path):
@@ -146,7 +140,7 @@ def test_prepare_from_one_json_file_and_its_errors(tmp_path):
     out = tmp_path / "out"
 
     proc = run_script(PREPARE, "--dataset", str(jsonl), "--output_dir", str(out), cwd=tmp_path)
-    assert proc.returncode != 0 and "--splits" in proc.stderr  # one file, three splits asked for
+    one_line_error(proc, "--splits")  # one file, three splits asked for
 
     proc = run_script(PREPARE, "--dataset", str(jsonl), "--splits", "test", "--output_dir", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -156,13 +150,13 @@ def test_prepare_from_one_json_file_and_its_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"article": "a", "highlights": "b"}]), encoding="utf-8")
     proc = run_script(PREPARE, "--dataset", str(bad), "--splits", "test", "--output_dir", str(out), cwd=tmp_path)
-    assert proc.returncode != 0 and "`document` and `summary`" in proc.stderr
+    one_line_error(proc, "`document` and `summary`")
 
     proc = run_script(PREPARE, "--dataset", str(tmp_path / "missing.parquet"), cwd=tmp_path)
-    assert proc.returncode != 0 and "no such file" in proc.stderr
+    one_line_error(proc, "no such file")
 
     proc = run_script(PREPARE, "--dataset", str(jsonl), "--splits", "test", "--max_document_words", "0", cwd=tmp_path)
-    assert proc.returncode != 0 and "--max_document_words" in proc.stderr
+    one_line_error(proc, "--max_document_words")
 
 
 @pytest.mark.slow
@@ -237,7 +231,15 @@ def test_evaluate_against_hand_computation(tmp_path):
     # Another range, another output file: [2, 4] -> rewards 1, 1 - 2/2, 1, 1 - 21/2, 1 - 2/2.
     output = tmp_path / "m" / "range.json"
     proc = run_script(
-        EVALUATE, str(predictions), "--length_min", "2", "--length_max", "4", "--output", str(output), cwd=tmp_path
+        EVALUATE,
+        str(predictions),
+        "--length_min",
+        "2",
+        "--length_max",
+        "4",
+        "--output_file",
+        str(output),
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(output.read_text())
@@ -249,12 +251,12 @@ def test_evaluate_errors(tmp_path):
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps({"predict": "a b", "label": "a b"}) + "\n", encoding="utf-8")
     proc = run_script(EVALUATE, str(good), "--length_min", "5", "--length_max", "5", cwd=tmp_path)
-    assert proc.returncode != 0 and "--length_min" in proc.stderr
+    one_line_error(proc, "--length_min")
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"predict": "a b", "label": "a b"}) + "\n" + json.dumps({"text": "x"}) + "\n")
     proc = run_script(EVALUATE, str(bad), cwd=tmp_path)
-    assert proc.returncode != 0 and "line 2" in proc.stderr and "`predict` and `label`" in proc.stderr
+    one_line_error(proc, "line 2", "`predict` and `label`")
 
     proc = run_script(EVALUATE, str(tmp_path / "none.jsonl"), cwd=tmp_path)
-    assert proc.returncode != 0 and "does not exist" in proc.stderr
+    one_line_error(proc, "no such file")

@@ -1,0 +1,4 @@
+from . import entry_point
+
+
+entry_point()

@@ -1,0 +1,314 @@
+r"""``llamafactory-wspo generate``: responses to a set of prompts, vLLM when installed, transformers otherwise."""
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .args import CliError, option, parse_args, run_command
+from .files import append_records, open_resumable, read_jsonl_prefix, read_records
+
+
+if TYPE_CHECKING:
+    from ..inference import Generator, SamplingConfig
+
+
+PROG = "llamafactory-wspo generate"
+DESCRIPTION = r"""Generate responses to prompts with a model formatted by LLaMA-Factory's chat template.
+
+  # a JSON / JSONL file (AlpacaEval's 805 instructions, ...), greedy
+  llamafactory-wspo generate model_name_or_path=saves/qwen2-7b-wspo template=qwen \
+      input_file=alpaca_eval.json output_file=saves/eval/wspo.jsonl max_new_tokens=4096
+  # a data set of a dataset_info.json (its responses become the labels)
+  llamafactory-wspo generate model_name_or_path=saves/xsum/qwen2-7b-wspo template=qwen dataset=xsum_test \
+      dataset_dir=yaml_recipes/data cutoff_len=1024 max_new_tokens=128 output_file=saves/xsum/eval/wspo.jsonl
+  # five samples per prompt at the WPO paper's settings
+  llamafactory-wspo generate gen.yaml num_samples=5 temperature=0.7 top_p=0.95
+
+Input records: `prompt_key` names the prompt's field; by default `instruction` (joined with a non-empty `input` by
+a newline, as LLaMA-Factory's alpaca format does) or else `prompt`; a prompt may be a list of {"role", "content"}
+messages. `label_key` (default `output` when present) is copied as the label.
+
+Output: one JSON line per prompt, in input order: {"instruction", "prompt" (templated text), "predict" (a string, or
+a list of num_samples strings), "label"}. Each batch is appended as soon as it is done, so a killed run keeps what
+it finished; running the same command again resumes after the last complete line. Each prompt samples with its
+own seed (seed + its index), so a resumed run writes what an uninterrupted one would.
+
+On several GPUs, one process per GPU, each with its shard (num_shards=8 shard_index=0..7, CUDA_VISIBLE_DEVICES=i)
+and its own output_file; a prompt's samples do not depend on the sharding.
+"""
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    r"""One prompt: its messages (the last from the user), its system prompt and its label."""
+
+    messages: list[Message]
+    system: str | None = None
+    label: Any = None
+    index: int = 0  # its position in the whole prompt list: prompt i samples with seed + i
+
+    @property
+    def instruction(self) -> str:
+        return self.messages[-1]["content"]
+
+
+@dataclass
+class GenerateArguments:
+    model_name_or_path: str = option(help="Model path or hub id (the base model when adapter_name_or_path is set).")
+    template: str = option(help="LLaMA-Factory chat template of the model, e.g. qwen, llama3, mistral.")
+    output_file: str = option(
+        help="JSONL file to write. An existing one is resumed: its rows are kept and the prompts after them generated."
+    )
+    input_file: str | None = option(None, help="Prompts: a .json list or a .jsonl file of objects.")
+    dataset: str | None = option(None, help="Prompts: a data set named in dataset_dir/dataset_info.json.")
+    dataset_dir: str = option("data", help="Folder of the dataset_info.json that names `dataset`.")
+    prompt_key: str | None = option(None, help="Field of the prompt in input_file records (default: instruction).")
+    label_key: str | None = option(None, help="Field of input_file records copied as the label (default: output).")
+    system: str | None = option(None, help="System prompt for every prompt (overrides the data's).")
+    max_samples: int | None = option(None, help="Use only the first N prompts.")
+    cutoff_len: int | None = option(None, help="Longest prompt in tokens; a longer one keeps its end.")
+    num_samples: int = option(1, help="Completions per prompt (> 1 needs temperature > 0).")
+    temperature: float = option(0.0, help="Sampling temperature; 0 is greedy decoding. WPO's paper samples at 0.7.")
+    top_p: float = option(1.0, help="Nucleus sampling threshold. WPO's paper samples with 0.95.")
+    max_new_tokens: int = option(512, help="Longest completion, in tokens.")
+    seed: int = option(42, help="Sampling seed; prompt i samples with seed + i.")
+    batch_size: int | None = option(
+        None, help="Prompts per generation call, written when done (default: 8 on huggingface, 256 on vllm)."
+    )
+    infer_backend: Literal["auto", "huggingface", "vllm"] = option(
+        "auto", help="auto: vLLM when it is installed, transformers (huggingface) otherwise."
+    )
+    infer_dtype: Literal["auto", "float16", "bfloat16", "float32"] = option("auto", help="Dtype of the weights.")
+    adapter_name_or_path: str | None = option(None, help="LoRA adapter directory (optional).")
+    trust_remote_code: bool = option(
+        False, help="Run Python code that the model folder or hub repository carries (only for models you trust)."
+    )
+    vllm_gpu_util: float = option(0.9, help="vLLM: share of GPU memory to use.")
+    vllm_tensor_parallel_size: int = option(1, help="vLLM: GPUs per model replica.")
+    num_shards: int = option(1, help="Split the prompts into this many shards (one process per GPU, say).")
+    shard_index: int = option(
+        0, help="The shard this process generates: the prompts whose index modulo num_shards is shard_index."
+    )
+    overwrite: bool = option(False, help="Start output_file afresh instead of resuming it.")
+
+    def check(self) -> None:
+        from ..inference import resolve_backend
+
+        try:
+            sampling_config(self).check()
+            resolve_backend(self.infer_backend)
+        except ValueError as err:
+            raise CliError(str(err)) from None
+        if (self.input_file is None) == (self.dataset is None):
+            raise CliError("give exactly one of --input_file (a JSON/JSONL file) or --dataset (a named data set)")
+        if self.input_file is not None and not Path(self.input_file).is_file():
+            raise CliError(f"--input_file {self.input_file}: no such file")
+        if self.dataset is not None and not (Path(self.dataset_dir) / "dataset_info.json").is_file():
+            raise CliError(f"--dataset_dir {self.dataset_dir}: no dataset_info.json there; name the data sets' folder")
+        if self.input_file is not None and Path(self.output_file).resolve() == Path(self.input_file).resolve():
+            raise CliError("--output_file must differ from --input_file")
+        for name in ("cutoff_len", "max_samples", "batch_size", "vllm_tensor_parallel_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise CliError(f"--{name} must be >= 1, got {value}")
+        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
+            raise CliError(f"--shard_index must lie in [0, num_shards), got {self.shard_index} of {self.num_shards}")
+        if not 0 < self.vllm_gpu_util <= 1:
+            raise CliError(f"--vllm_gpu_util must lie in (0, 1], got {self.vllm_gpu_util}")
+        check_local_model("--model_name_or_path", self.model_name_or_path)
+        if self.adapter_name_or_path:
+            check_local_model("--adapter_name_or_path", self.adapter_name_or_path)
+
+
+def check_local_model(option_name: str, value: str) -> None:
+    r"""A path-like model name (``./x``, ``/x``, ``saves/x`` with more than one ``/``) must exist."""
+    looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1
+    if looks_local and not Path(value).expanduser().exists():
+        raise CliError(f"{option_name} {value}: no such directory; give a model folder or a hub id")
+
+
+def sampling_config(args: Any) -> "SamplingConfig":
+    from ..inference import SamplingConfig
+
+    return SamplingConfig(args.num_samples, args.temperature, args.top_p, args.max_new_tokens, args.seed)
+
+
+def record_to_prompt(record: dict[str, Any], prompt_key: str | None, index: int) -> list[Message]:
+    r"""The prompt messages of one input record (rules in the command's description)."""
+    if prompt_key is None:
+        prompt_key = "instruction" if "instruction" in record else "prompt"
+    if prompt_key not in record:
+        raise CliError(
+            f"--input_file record {index} has no `{prompt_key}` field (fields: {sorted(record)}); name the prompt's "
+            "field with --prompt_key"
+        )
+    value = record[prompt_key]
+    if isinstance(value, list):
+        messages = [{"role": message["role"], "content": message["content"]} for message in value]
+        if not messages or messages[-1]["role"] != "user":
+            raise CliError(f"--input_file record {index}: a message-list prompt must end with a user message")
+        return messages
+    if not isinstance(value, str):
+        raise CliError(f"--input_file record {index}: `{prompt_key}` must be a string or a list of messages")
+    if prompt_key == "instruction" and record.get("input"):
+        value = f"{value}\n{record['input']}"
+    return [{"role": "user", "content": value}]
+
+
+def load_file_prompts(path: str, prompt_key: str | None, label_key: str | None) -> list[PromptItem]:
+    records = read_records(path, "--input_file")
+    if label_key is None and records and "output" in records[0]:
+        label_key = "output"
+    return [
+        PromptItem(
+            record_to_prompt(record, prompt_key, index),
+            record.get("system") or None,
+            record.get(label_key) if label_key else None,
+            index,
+        )
+        for index, record in enumerate(records)
+    ]
+
+
+def load_dataset_prompts(name: str, dataset_dir: str, model: str, max_samples: int | None) -> list[PromptItem]:
+    r"""The prompts of a data set of ``dataset_dir/dataset_info.json``, loaded by LLaMA-Factory's own loader.
+
+    Any format its ``dataset_info.json`` describes (alpaca, sharegpt; local files or hub ids); the label is the
+    first response (the chosen one of a preference data set).
+    """
+    from llamafactory.data.loader import _get_merged_dataset
+    from llamafactory.data.parser import get_dataset_list
+    from llamafactory.hparams import DataArguments, ModelArguments
+    from transformers import Seq2SeqTrainingArguments
+
+    model_args = ModelArguments(model_name_or_path=model)
+    data_args = DataArguments(dataset=name, dataset_dir=dataset_dir, max_samples=max_samples)
+    training_args = Seq2SeqTrainingArguments(output_dir=tempfile.gettempdir(), report_to=[])
+    try:
+        ranking = all(attr.ranking for attr in get_dataset_list(data_args.dataset, dataset_dir))
+    except ValueError as err:
+        raise CliError(f"--dataset {name}: {err}") from None
+    stage = "rm" if ranking else "sft"  # a preference data set: its prompts, and its chosen responses as labels
+    dataset = _get_merged_dataset(data_args.dataset, model_args, data_args, training_args, stage=stage)
+    items = []
+    for index, example in enumerate(dataset):
+        messages = [{"role": message["role"], "content": message["content"]} for message in example["_prompt"]]
+        responses = example.get("_response") or []
+        label = responses[0]["content"] if responses else None
+        items.append(PromptItem(messages, example.get("_system") or None, label, index))
+    return items
+
+
+def resume_point(path: Path, items: Sequence[PromptItem], num_samples: int) -> tuple[int, int]:
+    r"""How many prompts ``path`` already holds (checked against ``items``) and the bytes they take."""
+    rows, length = read_jsonl_prefix(path)
+    if len(rows) > len(items):
+        raise CliError(f"{path} holds {len(rows)} rows for {len(items)} prompts: give another output file")
+    for index, (row, item) in enumerate(zip(rows, items)):
+        samples = row.get("predict")
+        count = len(samples) if isinstance(samples, list) else 1
+        if row.get("instruction") != item.instruction or count != num_samples:
+            raise CliError(
+                f"{path} row {index + 1} was written for other prompts or another num_samples: give another "
+                "output file, or overwrite=true to start it afresh"
+            )
+    return len(rows), length
+
+
+def generate_to_file(
+    generator: "Generator",
+    items: Sequence[PromptItem],
+    path: Path,
+    config: "SamplingConfig",
+    batch_size: int,
+    system: str | None = None,
+    cutoff_len: int | None = None,
+    desc: str = "generate",
+) -> int:
+    r"""Generate for ``items`` into the JSONL file ``path``, resuming after the rows it holds; returns the number
+    of prompts generated by this call. Rows are appended one batch at a time; a prompt samples with seed
+    ``config.seed + item.index``."""
+    from tqdm.auto import tqdm
+
+    done, length = resume_point(path, items, config.num_samples)
+    if done:
+        print(f"{path}: {done} of {len(items)} prompts already done, resuming")
+    with (
+        open_resumable(path, length) as handle,
+        tqdm(total=len(items), initial=done, unit="prompt", desc=desc, dynamic_ncols=True) as bar,
+    ):
+        for start in range(done, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            prompts = [generator.encode(item.messages, system or item.system, cutoff_len) for item in chunk]
+            seeds = [config.seed + item.index for item in chunk]
+            completions = generator.generate(prompts, config, seeds)
+            rows = [
+                {
+                    "instruction": item.instruction,
+                    "prompt": generator.tokenizer.decode(prompt_ids, skip_special_tokens=False),
+                    "predict": samples[0] if config.num_samples == 1 else samples,
+                    "label": item.label,
+                }
+                for item, prompt_ids, samples in zip(chunk, prompts, completions)
+            ]
+            append_records(handle, rows)
+            bar.update(len(chunk))
+    return len(items) - done
+
+
+def default_batch_size(backend: str) -> int:
+    return 256 if backend == "vllm" else 8
+
+
+def make_generator(args: Any, max_model_len: int | None = None) -> "Generator":
+    r"""The :class:`~llamafactory_wspo.inference.Generator` of a command's model options."""
+    from ..inference import Generator, resolve_backend
+
+    backend = resolve_backend(args.infer_backend)
+    vllm_kwargs = {
+        "gpu_memory_utilization": args.vllm_gpu_util,
+        "tensor_parallel_size": args.vllm_tensor_parallel_size,
+    }
+    return Generator(
+        args.model_name_or_path,
+        args.template,
+        getattr(args, "adapter_name_or_path", None),
+        backend,
+        args.infer_dtype,
+        max_model_len,
+        args.batch_size or default_batch_size(backend),
+        vllm_kwargs=vllm_kwargs if backend == "vllm" else None,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def run(args: GenerateArguments) -> int:
+    if args.input_file is not None:
+        items = load_file_prompts(args.input_file, args.prompt_key, args.label_key)[: args.max_samples]
+    else:
+        items = load_dataset_prompts(args.dataset, args.dataset_dir, args.model_name_or_path, args.max_samples)
+    items = [item for item in items if item.index % args.num_shards == args.shard_index]
+    output = Path(args.output_file)
+    if args.overwrite:
+        output.unlink(missing_ok=True)
+    resume_point(output, items, args.num_samples)  # a mismatching file is refused before the model loads
+
+    max_model_len = args.cutoff_len + args.max_new_tokens if args.cutoff_len else None
+    generator = make_generator(args, max_model_len)
+    config = sampling_config(args)
+    count = generate_to_file(
+        generator, items, output, config, generator.batch_size, args.system, args.cutoff_len, "generate"
+    )
+    print(f"{output}: {len(items)} prompts x {args.num_samples} samples ({count} generated now, {generator.backend})")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    return run_command(PROG, lambda: run(parse_args(GenerateArguments, argv, PROG, DESCRIPTION)))
+
+
+ARGUMENTS = GenerateArguments  # the options of this subcommand
