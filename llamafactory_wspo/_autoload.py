@@ -2,8 +2,9 @@
 
 It only registers a finder on :data:`sys.meta_path`; nothing is imported here (no torch, no
 llamafactory). When LLaMA-Factory later imports one of the modules in :data:`_TARGETS`, the module
-executes as usual and :func:`llamafactory_wspo.integration.on_import` then patches it. The hook can
-never break interpreter start-up: any failure becomes a single warning.
+executes as usual and :func:`llamafactory_wspo.integration.on_import` then checks and patches it
+(``_TARGETS`` are the modules of the gate's areas there). The hook can never break interpreter start-up:
+any failure becomes a single warning.
 """
 
 import os
@@ -19,6 +20,7 @@ _TARGETS = frozenset(
         "llamafactory.webui.control",
         "llamafactory.webui.components.train",
         "llamafactory.webui.runner",
+        "llamafactory.webui.engine",
     }
 )
 

@@ -1,48 +1,139 @@
-"""Every touch on LLaMA-Factory, in one place, behind one version gate.
+"""Every touch on LLaMA-Factory, in one place, behind one gate.
 
-:mod:`llamafactory_wspo._autoload` calls :func:`on_import` right after LLaMA-Factory has executed one
-of its target modules. On a supported release this
+:mod:`llamafactory_wspo._autoload` calls :func:`on_import` right after LLaMA-Factory has executed one of the
+host modules below. They form two areas:
 
-* swaps ``FinetuningArguments`` in the training parser for a subclass that accepts the plugin stages
-  and the plugin's fields (``hparams.parser``), and
-* routes the plugin stages to their workflows (``train.tuner``).
+* **training** (``hparams.parser``, ``train.tuner``): the training parser gets a ``FinetuningArguments`` that
+  accepts the plugin stages and fields, and the tuner routes the plugin stages to their workflows;
+* **LLaMA-Board** (``webui.control``, ``webui.components.train``, ``webui.runner``, ``webui.engine``): the
+  plugin stages in the Train tab (:mod:`llamafactory_wspo.webui`).
 
-On any other release nothing is patched, except a guard that refuses a plugin stage with one clear
-error naming the supported range.
+There is no list of accepted versions. Each module's points that the patches rely on (names, signatures,
+the shape of the stage ``Literal``, the tuner's dispatch, LLaMA-Board's elements, and the host functions and
+classes that the plugin's stages call) are checked when the module is patched, and an area activates only
+once all of its modules are checked and every check holds. Where one fails, asking for a plugin stage stops
+with one :class:`UnsupportedLlamaFactoryError` naming the point and the tested releases, LLaMA-Board offers
+no plugin stage, and stock stages run as without the plugin; the failed check is also one warning when its
+module is imported. The checks read modules that the host has imported already, and the source of one that it
+imports only when a stage runs (the DPO trainer): milliseconds, and no import of their own.
 """
 
+import ast
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import sys
+import textwrap
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .hparams import PLUGIN_STAGES, PluginArguments
 
 
-SUPPORTED_VERSIONS = ("0.9.5",)
-_HOST_STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")
-_HOST_PREF_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo")
+# The releases that the test-suite covers (README, "Supported LLaMA-Factory releases"): named by the error only.
+TESTED_VERSIONS = ("0.9.5", "0.9.6.dev0")
 _PATCHED_MARK = "_llamafactory_wspo_patched"
 
 
+class HostMismatch(Exception):
+    r"""A point of LLaMA-Factory that a patch relies on is missing or has changed; the message names it."""
+
+
 class UnsupportedLlamaFactoryError(RuntimeError):
-    pass
+    r"""A plugin stage asked for on a LLaMA-Factory where the training area is inactive."""
+
+
+class Area:
+    r"""Host modules whose patches work together: active once all are checked, and only where all checks hold."""
+
+    def __init__(self, name: str, modules: tuple[str, ...], effect: str) -> None:
+        self.name = name
+        self.modules = modules
+        self.effect = effect  # what the user sees while the area is inactive
+        self.results: dict[str, str | None] = {}  # module -> the failed check's message, None where all held
+        self._activations: list[Callable[[], None]] = []
+
+    @property
+    def failures(self) -> list[str]:
+        return [failure for failure in self.results.values() if failure]
+
+    @property
+    def active(self) -> bool:
+        return not self.failures and all(name in self.results for name in self.modules)
+
+    def record(self, module: str, failure: str | None, activation: Callable[[], None] | None = None) -> None:
+        r"""The result of ``module``'s checks; ``activation`` runs once the whole area is active."""
+        self.results[module] = failure
+        if activation is not None:
+            self._activations.append(activation)
+        if self.active:
+            while self._activations:
+                self._activations.pop(0)()
+
+    def require(self, stage: str) -> None:
+        r"""The one clear error unless the area is active; its modules that are not imported yet are checked first."""
+        for name in self.modules:
+            if name not in self.results:
+                try:
+                    module = importlib.import_module(name)  # the start-up hook checks it
+                except ImportError as exc:
+                    self.record(name, f"{name} cannot be imported ({exc})")
+                    continue
+                if name not in self.results:  # imported before the hook was installed
+                    on_import(module)
+
+        if not self.active:
+            raise UnsupportedLlamaFactoryError(self.message(f"`stage: {stage}`"))
+
+    def warn(self, failure: str) -> None:
+        import warnings
+
+        warnings.warn(
+            f"llamafactory-wspo is inactive in {self.name}: {failure}. {self.effect}; stock stages are unaffected. "
+            f"Tested releases: LLaMA-Factory {' and '.join(TESTED_VERSIONS)}.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    def message(self, what: str) -> str:
+        version = host_version()
+        problems = self.failures or [f"{name} was not checked" for name in self.modules if name not in self.results]
+        return (
+            f"llamafactory-wspo cannot provide {what}: the installed LLaMA-Factory {version} differs from the tested "
+            f"releases, LLaMA-Factory {' and '.join(TESTED_VERSIONS)}, at a point the plugin relies on: "
+            f"{'; '.join(problems)}. Install a tested release (`pip install llamafactory=={TESTED_VERSIONS[0]}`, or "
+            "LLaMA-Factory main as llamafactory-wspo's README describes) or a llamafactory-wspo release that supports "
+            f"LLaMA-Factory {version}."
+        )
+
+
+TRAINING = Area(
+    "training",
+    ("llamafactory.hparams.parser", "llamafactory.train.tuner"),
+    effect=f"Asking for `stage: {'|'.join(PLUGIN_STAGES)}` stops with an error",
+)
+LLAMABOARD = Area(
+    "LLaMA-Board",
+    (
+        "llamafactory.webui.control",
+        "llamafactory.webui.components.train",
+        "llamafactory.webui.runner",
+        "llamafactory.webui.engine",
+    ),
+    effect="LLaMA-Board offers no plugin stage",
+)
 
 
 def host_version() -> str:
-    from llamafactory.extras.env import VERSION
+    try:
+        from llamafactory.extras.env import VERSION
 
-    return VERSION
-
-
-def is_supported_host() -> bool:
-    return host_version() in SUPPORTED_VERSIONS
-
-
-def unsupported_message(version: str) -> str:
-    return (
-        f"llamafactory-wspo supports LLaMA-Factory {', '.join(SUPPORTED_VERSIONS)}, but LLaMA-Factory {version} is "
-        f"installed. Install a supported release (`pip install llamafactory=={SUPPORTED_VERSIONS[-1]}`) or "
-        "upgrade llamafactory-wspo."
-    )
+        return VERSION
+    except Exception:  # the version is only reported, never checked
+        return "(unknown version)"
 
 
 def requested_stage(args: dict[str, Any] | list[str] | None) -> str | None:
@@ -62,56 +153,268 @@ def requested_stage(args: dict[str, Any] | list[str] | None) -> str | None:
 
 
 def on_import(module) -> None:
+    r"""Check, then patch, the host module ``module`` that LLaMA-Factory has just executed."""
     if getattr(module, _PATCHED_MARK, False):
         return
 
+    setattr(module, _PATCHED_MARK, True)
     name = module.__name__
-    if not is_supported_host():
-        if name == "llamafactory.hparams.parser":
-            _guard_unsupported_parser(module)
-    elif name == "llamafactory.hparams.parser":
-        _patch_parser(module)
+    if name == "llamafactory.hparams.parser":
+        _check_and_patch(TRAINING, module, _check_parser, _patch_parser)
     elif name == "llamafactory.train.tuner":
-        _patch_tuner(module)
-    elif name.startswith("llamafactory.webui."):  # LLaMA-Board: see webui/
+        _check_and_patch(TRAINING, module, _check_tuner, _patch_tuner)
+    elif name in LLAMABOARD.modules:  # see webui/
         from . import webui
 
-        webui.patch(module)
-
-    setattr(module, _PATCHED_MARK, True)
+        _check_and_patch(LLAMABOARD, module, webui.check, webui.patch)
 
 
-def _guard_unsupported_parser(parser) -> None:
-    r"""On an untested release, touch nothing but this: refuse a plugin stage with one clear error."""
-    original = parser._parse_train_args
-    read_args = getattr(parser, "read_args", lambda args: args)
+def _check_and_patch(area: Area, module, check: Callable, patch: Callable) -> None:
+    r"""Patch ``module`` where its checks hold; otherwise record the failure, warn once, and guard the parser."""
+    name = module.__name__
+    try:
+        check(module)
+        activation = patch(module)
+    except HostMismatch as exc:
+        failure = str(exc)
+    except Exception as exc:  # unforeseen: handled the same way, naming the error
+        failure = f"{name} could not be checked or patched ({type(exc).__name__}: {exc})"
+    else:
+        area.record(name, None, activation)
+        return
 
-    def _parse_train_args(args=None):
+    area.record(name, failure)
+    if name == "llamafactory.hparams.parser":
+        _guard_parser(module)
+    area.warn(failure)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def host_attr(owner, qualname: str, params: tuple[str, ...] | None = None, point: str | None = None) -> Any:
+    r"""``owner.<qualname>``, checked: present and, given ``params``, taking those leading parameters.
+
+    ``point`` names it in the message (default: the owner module's name and ``qualname``).
+    """
+    point = point or f"{getattr(owner, '__name__', owner)}.{qualname}"
+    obj = owner
+    for attr in qualname.split("."):
+        if not hasattr(obj, attr):
+            raise HostMismatch(f"{point} is missing")
+        obj = getattr(obj, attr)
+
+    if params is not None:
         try:
-            stage = requested_stage(read_args(args))
-        except Exception:  # the host reports its own argument errors
-            stage = None
+            names = tuple(inspect.signature(obj).parameters)
+        except (TypeError, ValueError):
+            raise HostMismatch(f"{point} is not callable") from None
+        _check_parameters(point, names, params)
 
-        if stage in PLUGIN_STAGES:
-            raise UnsupportedLlamaFactoryError(unsupported_message(host_version()))
+    return obj
 
-        return original(args)
 
-    parser._parse_train_args = _parse_train_args
+def _check_parameters(point: str, names: tuple[str, ...], params: tuple[str, ...]) -> None:
+    if names[: len(params)] != params:
+        raise HostMismatch(f"{point} takes ({', '.join(names)}) instead of ({', '.join(params)}, ...)")
+
+
+def source_attr(module_name: str, qualname: str, params: tuple[str, ...] | None = None) -> None:
+    r"""The check of :func:`host_attr` on the source of a module that the host imports only when it needs it.
+
+    ``qualname`` is a function or class defined in the module, or a method defined in such a class.
+    """
+    point = f"{module_name}.{qualname}"
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except ImportError:
+        spec = None
+    source = spec.loader.get_source(module_name) if spec is not None and spec.loader is not None else None
+    if source is None:
+        raise HostMismatch(f"{module_name} cannot be found")
+
+    scope: list[ast.stmt] = ast.parse(source).body
+    for attr in qualname.split("."):
+        node = next((n for n in scope if isinstance(n, ast.FunctionDef | ast.ClassDef) and n.name == attr), None)
+        if node is None:
+            raise HostMismatch(f"{point} is missing")
+        scope = node.body
+
+    if params is not None:
+        if not isinstance(node, ast.FunctionDef):
+            raise HostMismatch(f"{point} is not a function")
+        _check_parameters(point, tuple(arg.arg for arg in (*node.args.posonlyargs, *node.args.args)), params)
+
+
+def literal_choices(cls: type, name: str) -> tuple[str, ...]:
+    r"""The choices of the dataclass field ``cls.<name>``, declared as a ``Literal`` of strings."""
+    point = f"{cls.__module__}.{cls.__qualname__}.{name}"
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    if name not in fields:
+        raise HostMismatch(f"{point} is missing")
+
+    annotation = fields[name].type
+    if isinstance(annotation, str):
+        annotation = typing.get_type_hints(cls).get(name)
+    choices = typing.get_args(annotation)
+    if typing.get_origin(annotation) is not Literal or not all(isinstance(choice, str) for choice in choices):
+        raise HostMismatch(f"{point} is {annotation!r}, not a Literal of names")
+
+    return choices
+
+
+def keyword_names(function: Callable) -> set[str]:
+    r"""The keyword names in ``function``'s calls (how LLaMA-Board's tabs register their elements)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    return {node.arg for node in ast.walk(tree) if isinstance(node, ast.keyword) and node.arg}
+
+
+def host_module(name: str):
+    module = sys.modules.get(name)  # imported by the host already (a moved module is looked for)
+    if module is None:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise HostMismatch(f"{name} cannot be imported ({exc})") from None
+    return module
+
+
+# FinetuningArguments fields that the plugin's arguments and stages read.
+_FINETUNING_FIELDS = ("stage", "pref_beta", "pref_ftx", "pref_loss", "dpo_label_smoothing", "ref_model")
+# The tuner's names that `_plugin_training_function` uses (tests/test_host_compat.py keeps this list complete).
+_TUNER_NAMES = (
+    "get_train_args",
+    "LogCallback",
+    "PissaConvertCallback",
+    "get_swanlab_callback",
+    "EarlyStoppingCallback",
+    "TorchProfilerCallback",
+    "ModuleProfilerCallback",
+    "ReporterCallback",
+    "is_ray_available",
+    "dist",
+    "logger",
+)
+# What the plugin's stages import from LLaMA-Factory (train/, data/, frozen.py, ...; tests/test_host_compat.py keeps
+# this complete): each name, and the leading parameters they pass where they call it.
+_STAGE_APIS: dict[str, dict[str, tuple[str, ...] | None]] = {
+    "llamafactory.data": {
+        "get_dataset": ("template", "model_args", "data_args", "training_args", "stage", "tokenizer", "processor"),
+        "get_template_and_fix_tokenizer": ("tokenizer", "data_args"),
+        "SFTDataCollatorWith4DAttentionMask": ("tokenizer", "model"),
+        "PairwiseDataCollatorWithPadding": ("tokenizer", "model"),
+        "KTODataCollatorWithPadding": ("tokenizer", "model"),
+        "Template": None,
+    },
+    # wrapped while a cross-tokenizer WSPO data set is built (data/cross.py)
+    "llamafactory.data.loader": {
+        "_get_dataset_processor": ("data_args", "stage", "template", "tokenizer", "processor", "do_generate")
+    },
+    "llamafactory.data.parser": {"get_dataset_list": ("dataset_names", "dataset_dir")},
+    "llamafactory.data.processor": {
+        "DatasetProcessor": None,
+        "PairwiseDatasetProcessor": None,
+        "SupervisedDatasetProcessor": None,
+    },
+    "llamafactory.data.template": {"TEMPLATES": None},
+    "llamafactory.extras.constants": {"IGNORE_INDEX": None},
+    "llamafactory.extras.logging": {"get_logger": ("name",)},
+    "llamafactory.extras.misc": {"calculate_tps": ("dataset", "metrics", "stage")},
+    "llamafactory.extras.ploting": {"plot_loss": ("save_dictionary", "keys")},
+    "llamafactory.hparams": {
+        "DataArguments": None,
+        "FinetuningArguments": None,
+        "ModelArguments.copyfrom": ("source",),
+    },
+    "llamafactory.model": {
+        "load_model": ("tokenizer", "model_args", "finetuning_args", "is_trainable"),
+        "load_tokenizer": ("model_args",),
+    },
+    "llamafactory.model.loader": {"load_config": ("model_args",)},
+    "llamafactory.train.trainer_utils": {
+        "create_custom_optimizer": ("model", "training_args", "finetuning_args"),
+        "create_custom_scheduler": ("training_args", "num_training_steps", "optimizer"),
+        "create_modelcard_and_push": ("trainer", "model_args", "data_args", "training_args", "finetuning_args"),
+        "nested_detach": ("tensors", "clone"),
+    },
+    "llamafactory.train.pt.trainer": {"CustomTrainer.__init__": ("self", "finetuning_args", "processor")},
+    "llamafactory.train.dpo.trainer": {
+        "CustomDPOTrainer.concatenated_forward": ("self", "model", "batch"),
+        "CustomDPOTrainer.compute_reference_log_probs": ("self", "model", "batch"),
+        "CustomDPOTrainer.compute_preference_loss": (
+            "self",
+            "policy_chosen_logps",
+            "policy_rejected_logps",
+            "reference_chosen_logps",
+            "reference_rejected_logps",
+        ),
+        "CustomDPOTrainer.get_batch_loss_metrics": ("self", "model", "batch", "train_eval"),
+    },
+    "llamafactory.train.kto.trainer": {
+        "CustomKTOTrainer.concatenated_forward": ("self", "model", "batch"),
+        "CustomKTOTrainer.compute_reference_log_probs": ("self", "model", "batch"),
+        "CustomKTOTrainer.get_batch_loss_metrics": ("self", "model", "batch"),
+    },
+}
+
+
+def _check_parser(parser) -> None:
+    r"""The training parser: its argument classes, their parsing function, and the stage ``Literal``."""
+    cls = host_attr(parser, "FinetuningArguments")
+    train_args = host_attr(parser, "_TRAIN_ARGS")
+    if not isinstance(train_args, list) or cls not in train_args:
+        raise HostMismatch(f"{parser.__name__}._TRAIN_ARGS is not a list holding FinetuningArguments")
+
+    host_attr(parser, "_parse_train_args", ("args",))
+    host_attr(parser, "read_args", ("args",))
+    for name in _FINETUNING_FIELDS:
+        if name not in {f.name for f in dataclasses.fields(cls)}:
+            raise HostMismatch(f"{cls.__module__}.FinetuningArguments.{name} is missing")
+
+    for name, plugin_choices in (("stage", PLUGIN_STAGES), ("pref_loss", ("kto",))):
+        taken = set(literal_choices(cls, name)) & set(plugin_choices)
+        if taken:
+            raise HostMismatch(f"{cls.__module__}.FinetuningArguments.{name} already has {', '.join(sorted(taken))}")
+
+
+def _check_tuner(tuner) -> None:
+    r"""The tuner's dispatch (``run_exp`` → ``_training_function(config)`` → stage chain), and the stage APIs."""
+    host_attr(tuner, "_training_function", ("config",))
+    run_exp = host_attr(tuner, "run_exp", ("args", "callbacks"))
+    if "_training_function" not in run_exp.__code__.co_names:
+        raise HostMismatch(f"{tuner.__name__}.run_exp no longer dispatches through _training_function")
+    if "stage" not in tuner._training_function.__code__.co_names:
+        raise HostMismatch(f"{tuner.__name__}._training_function no longer dispatches on finetuning_args.stage")
+
+    for name in _TUNER_NAMES:
+        host_attr(tuner, name)
+
+    for module_name, names in _STAGE_APIS.items():
+        module = sys.modules.get(module_name)  # the tuner imports most; the DPO trainer is read from its source
+        for qualname, params in names.items():
+            if module is None:
+                source_attr(module_name, qualname, params)
+            else:
+                host_attr(module, qualname, params, point=f"{module_name}.{qualname}")
+
+
+# ---------------------------------------------------------------- training: parser and tuner
 
 
 def build_finetuning_arguments(base: type) -> type:
     r"""LLaMA-Factory's ``FinetuningArguments`` with the plugin stages and fields added."""
+    host_stages = literal_choices(base, "stage")
+    host_pref_losses = literal_choices(base, "pref_loss")
 
     @dataclass
     class FinetuningArguments(PluginArguments, base):
-        stage: Literal[_HOST_STAGES + PLUGIN_STAGES] = field(  # type: ignore[valid-type]
+        stage: Literal[host_stages + PLUGIN_STAGES] = field(  # type: ignore[valid-type]
             default="sft",
             metadata={
                 "help": "Which stage will be performed in training (`wspo`, `wpo`, `grpo` from llamafactory-wspo)."
             },
         )
-        pref_loss: Literal[_HOST_PREF_LOSSES + ("kto",)] = field(  # type: ignore[valid-type]
+        pref_loss: Literal[host_pref_losses + ("kto",)] = field(  # type: ignore[valid-type]
             default="sigmoid",
             metadata={"help": "The type of DPO loss to use (`kto`: the KTO form of `stage: wpo`)."},
         )
@@ -127,6 +430,7 @@ def build_finetuning_arguments(base: type) -> type:
                 "al., EMNLP 2024, arXiv:2406.11827 (0.01 in its Sec. 4.1)."
             },
         )
+
         def __post_init__(self):
             base.__post_init__(self)
             self.check_plugin_args()
@@ -136,9 +440,38 @@ def build_finetuning_arguments(base: type) -> type:
     return FinetuningArguments
 
 
-def _patch_parser(parser) -> None:
+def _guard_parser(parser) -> None:
+    r"""A plugin stage asked for while the training area is inactive stops here, with the one clear error."""
+    original = getattr(parser, "_parse_train_args", None)
+    if original is None:  # then the tuner's router reports it
+        return
+
+    read_args = getattr(parser, "read_args", lambda args: args)
+
+    def _parse_train_args(args=None):
+        try:
+            stage = requested_stage(read_args(args))
+        except Exception:  # the host reports its own argument errors
+            stage = None
+
+        if stage in PLUGIN_STAGES:
+            TRAINING.require(stage)
+
+        return original(args)
+
+    parser._parse_train_args = _parse_train_args
+
+
+def _patch_parser(parser) -> Callable[[], None]:
+    r"""The guard now; once the tuner's checks hold too, the plugin's ``FinetuningArguments`` in the parser."""
     plugin_cls = build_finetuning_arguments(parser.FinetuningArguments)
-    parser._TRAIN_ARGS[:] = [plugin_cls if cls is parser.FinetuningArguments else cls for cls in parser._TRAIN_ARGS]
+    _guard_parser(parser)
+
+    def activate() -> None:
+        train_args = parser._TRAIN_ARGS
+        train_args[:] = [plugin_cls if cls is parser.FinetuningArguments else cls for cls in train_args]
+
+    return activate
 
 
 def _patch_tuner(tuner) -> None:
@@ -146,7 +479,9 @@ def _patch_tuner(tuner) -> None:
     original = tuner._training_function
 
     def _training_function(config: dict[str, Any]) -> None:
-        if requested_stage(config.get("args")) in PLUGIN_STAGES:
+        stage = requested_stage(config.get("args"))
+        if stage in PLUGIN_STAGES:
+            TRAINING.require(stage)
             return _plugin_training_function(tuner, config)
 
         return original(config)
@@ -155,7 +490,7 @@ def _patch_tuner(tuner) -> None:
 
 
 def _plugin_training_function(tuner, config: dict[str, Any]) -> None:
-    r"""The plugin-stage branch of ``llamafactory.train.tuner._training_function`` (0.9.5).
+    r"""The plugin-stage branch of ``llamafactory.train.tuner._training_function``.
 
     The callbacks are the ones the host adds for its own stages, so logging, LLaMA-Board progress,
     early stopping and profiling behave the same. The host builds them inline, before its stage chain, so

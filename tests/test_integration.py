@@ -3,7 +3,11 @@
 import ast
 import inspect
 
+import pytest
 import torch
+
+
+pytestmark = pytest.mark.host_compat  # pins the copied callback block to each tested host
 
 
 def _statements(function: ast.FunctionDef) -> list[str]:

@@ -101,6 +101,7 @@ def _compare(model, batch, alignment="sampled") -> None:
         torch.testing.assert_close(grad, full_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.host_compat
 @pytest.mark.parametrize("model_type", sorted(RESPONSE_ONLY_MODEL_TYPES))
 def test_response_only_logits_equal_full_logits(model_type):
     model = _model(model_type).train()
@@ -108,6 +109,7 @@ def test_response_only_logits_equal_full_logits(model_type):
     _compare(model, _batch(), "greedy")
 
 
+@pytest.mark.host_compat
 def test_gemma2_soft_capping_is_kept():
     model = _model("gemma2").eval()
     batch = _batch()
@@ -119,6 +121,7 @@ def test_gemma2_soft_capping_is_kept():
     torch.testing.assert_close(scores.logps, _full_logits_reference(model, batch, "none")[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.host_compat
 def test_lora_including_the_output_layer():
     from peft import LoraConfig, get_peft_model
 
