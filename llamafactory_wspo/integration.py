@@ -523,6 +523,9 @@ def _plugin_training_function(tuner, config: dict[str, Any]) -> None:
 
     callbacks.append(tuner.ReporterCallback(model_args, data_args, finetuning_args, generating_args))
 
+    from .extras.compat import fix_trl_availability_flags
+
+    fix_trl_availability_flags()  # before any stage imports a TRL trainer module (see the shim's docstring)
     if finetuning_args.stage == "wspo":
         from .train.wspo import run_wspo
 

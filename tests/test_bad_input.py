@@ -109,37 +109,6 @@ def test_unknown_wspo_response(assets, tmp_path, run_in_process):
     _expect_error(run_in_process, config, "`wspo_response` must be one of chosen, rejected, both")
 
 
-def _host_with_version(site: Path, version: str) -> None:
-    r"""LLaMA-Factory as installed, except the version it reports: links to the installed files, one file edited."""
-    import llamafactory
-
-    installed = Path(llamafactory.__file__).parent
-    for source, target in (
-        (installed, site / "llamafactory"),
-        (installed / "extras", site / "llamafactory" / "extras"),
-    ):
-        target.mkdir(parents=True, exist_ok=True)
-        for entry in source.iterdir():
-            if entry.name not in ("extras", "env.py", "__pycache__") and not (target / entry.name).exists():
-                os.symlink(entry, target / entry.name)
-    env_py = (installed / "extras" / "env.py").read_text()
-    assert 'VERSION = "0.9.5"' in env_py
-    (site / "llamafactory" / "extras" / "env.py").write_text(
-        env_py.replace('VERSION = "0.9.5"', f'VERSION = "{version}"')
-    )
-
-
-@pytest.mark.slow
-def test_unsupported_llamafactory_version(assets, tmp_path):
-    site = tmp_path / "site"
-    _host_with_version(site, "0.9.9")
-    config = wspo_config(assets, tmp_path)
-    last = _expect_error_on_the_command_line(
-        config, tmp_path, "LLaMA-Factory 0.9.9 is installed", "supports LLaMA-Factory 0.9.5", PYTHONPATH=str(site)
-    )
-    assert "UnsupportedLlamaFactoryError" in last
-
-
 def test_wpo_on_data_without_pairs(assets, tmp_path, run_in_process):
     config = wpo_config(assets, tmp_path, dataset="tiny_sft")
     _expect_error(run_in_process, config, "`stage: wpo` needs pairwise data sets", "tiny_sft has no pairs")

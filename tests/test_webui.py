@@ -21,7 +21,7 @@ import pytest
 import yaml
 from helpers.train import BIN, ROOT, base_env, free_port
 
-from llamafactory_wspo.webui.common import ELEM_ID_PREFIX, FIELDS
+from llamafactory_wspo.webui.common import ELEM_ID_PREFIX, FIELDS, UI_STAGES
 from llamafactory_wspo.webui.locales import ERR_NO_WEAK_MODEL, LOCALES, TAB_LABELS, WSPO_PREF_BETA
 
 
@@ -72,7 +72,7 @@ for elem_id, value in values.items():
 
 out = {"stages": list(TRAINING_STAGES)}
 for label, stage in TRAINING_STAGES.items():
-    if stage in ("wspo", "wpo"):
+    if stage in ("wspo", "wpo", "grpo"):
         continue
     data[manager.get_elem_by_id("train.training_stage")] = label
     args = runner._parse_train_args(data)
@@ -107,7 +107,7 @@ def test_stock_stages_build_the_same_arguments(assets, tmp_path):
         results[label] = json.loads(proc.stdout.split("PROBE", 1)[1])
 
     on, off = results["on"], results["off"]
-    assert on.pop("stages") == off.pop("stages") + ["WSPO", "WPO"]
+    assert on.pop("stages") == off.pop("stages") + list(UI_STAGES)
     assert set(on) == {"sft", "rm", "ppo", "dpo", "kto", "pt"}
     for stage in on:
         assert on[stage] == off[stage], stage

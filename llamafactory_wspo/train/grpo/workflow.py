@@ -14,7 +14,6 @@ from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
 from llamafactory.model import load_model, load_tokenizer
 
 from ...data import map_splits
-from ...extras.compat import fix_trl_availability_flags
 from ...logging import get_logger
 from ..trainer_utils import check_model_paths, train_and_evaluate
 from .rewards import resolve_reward_funcs
@@ -54,7 +53,6 @@ def run_grpo(
 ):
     check_model_paths(model_args, finetuning_args, ())
     reward_funcs = resolve_reward_funcs(finetuning_args)
-    fix_trl_availability_flags()
     from .trainer import CustomGRPOTrainer, build_grpo_config  # imports TRL's GRPO, after the cheap checks
 
     config = build_grpo_config(training_args, finetuning_args)
