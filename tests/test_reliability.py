@@ -316,8 +316,6 @@ def test_examples_without_response_tokens_are_dropped(assets, tmp_path, run_in_p
 
 
 def test_generation_runs_no_remote_code_unless_asked(assets, tmp_path):
-    from llamafactory_wspo.inference import Generator
-
     model = tmp_path / "model"
     shutil.copytree(assets / "strong", model)
     marker = tmp_path / "remote-code-ran"
@@ -331,30 +329,17 @@ def test_generation_runs_no_remote_code_unless_asked(assets, tmp_path):
     config["auto_map"] = {"AutoConfig": "custom.CustomConfig", "AutoModelForCausalLM": "custom.CustomModel"}
     (model / "config.json").write_text(json.dumps(config))
 
-    Generator(str(model), "qwen", backend="transformers")
+    def generator(**kwargs) -> None:  # in a subprocess: loading remote code registers classes process-wide
+        code = (
+            "from llamafactory_wspo.inference import Generator; "
+            f"Generator({str(model)!r}, 'qwen', backend='transformers', **{kwargs!r})"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=base_env(), capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    generator()
     assert not marker.exists()
-    Generator(str(model), "qwen", backend="transformers", trust_remote_code=True)
+    generator(trust_remote_code=True)
     assert marker.exists()  # the folder's code does run when the user asks for it
-
-
-# 3. gamma / beta and non-finite losses ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("stage", ["wspo", "wpo"])
-@pytest.mark.parametrize("beta", [float("nan"), 0.0, -0.1, float("inf")])
-def test_pref_beta_must_be_positive_and_finite(assets, tmp_path, run_in_process, stage, beta):
-    config = (wspo_config if stage == "wspo" else wpo_config)(assets, tmp_path, pref_beta=beta)
-    run = run_in_process(config)
-    assert isinstance(run.error, ValueError), run.error_text()
-    assert f"`pref_beta` must be a positive number for `stage: {stage}`" in str(run.error)
-    assert not run.loaded_models and not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("stage", ["wspo", "wpo"])
-def test_non_finite_loss_stops_training_without_saving(assets, tmp_path, run_in_process, stage):
-    # A weight of the policy turns NaN after the first optimiser step: the second loss is NaN.
-    config = (wspo_config if stage == "wspo" else wpo_config)(assets, tmp_path, learning_rate=float("inf"))
-    run = run_in_process(config)
-    assert type(run.error).__name__ == "NonFiniteLossError", run.error_text()
-    assert "not finite at step 2" in str(run.error)
-    assert not (tmp_path / "out" / "model.safetensors").exists()
