@@ -232,6 +232,18 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) ->
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
+def check_length_options(length_min: int, length_max: int) -> None:
+    r"""The length reward's range (``--length_min``, ``--length_max``) as one command-line error."""
+    from ..rewards import check_length_range
+
+    try:
+        check_length_range(length_min, length_max)
+    except ValueError:
+        raise CliError(
+            f"--length_min {length_min} --length_max {length_max}: need 0 <= length_min < length_max"
+        ) from None
+
+
 def run_command(prog: str, main: Callable[[], int | None]) -> int:
     r"""Run ``main``; a :class:`CliError` becomes one line on stderr and exit code 2."""
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..rewards import DEFAULT_LENGTH_MAX, DEFAULT_LENGTH_MIN, check_length_range, length_reward
-from .args import CliError, option, parse_args, run_command
+from .args import CliError, check_length_options, option, parse_args, run_command
 from .files import write_json_atomic
 
 
@@ -40,12 +40,7 @@ class EvalXsumArguments:
     )
 
     def check(self) -> None:
-        try:
-            check_length_range(self.length_min, self.length_max)
-        except ValueError:
-            raise CliError(
-                f"--length_min {self.length_min} --length_max {self.length_max}: need 0 <= length_min < length_max"
-            ) from None
+        check_length_options(self.length_min, self.length_max)
         if not Path(self.predictions).is_file():
             raise CliError(f"PREDICTIONS {self.predictions}: no such file; give the generated JSONL to score")
 

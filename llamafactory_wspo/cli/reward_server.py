@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..rewards import DEFAULT_LENGTH_MAX, DEFAULT_LENGTH_MIN, check_length_range, length_reward
-from .args import CliError, option, parse_args, run_command
+from .args import CliError, check_length_options, option, parse_args, run_command
 
 
 if TYPE_CHECKING:
@@ -53,12 +53,7 @@ class RewardServerArguments:
     trust_remote_code: bool = option(False, help="Run code that the tokenizer's folder carries (trusted ones only).")
 
     def check(self) -> None:
-        try:
-            check_length_range(self.length_min, self.length_max)
-        except ValueError:
-            raise CliError(
-                f"--length_min {self.length_min} --length_max {self.length_max}: need 0 <= length_min < length_max"
-            ) from None
+        check_length_options(self.length_min, self.length_max)
         if self.max_request_bytes < 1:
             raise CliError(f"--max_request_bytes must be >= 1, got {self.max_request_bytes}")
         if not 0 <= self.port < 65536:
