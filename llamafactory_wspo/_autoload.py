@@ -25,10 +25,17 @@ _TARGETS = frozenset(
 )
 
 
+_warned: set[str] = set()  # the warnings given in this process
+
+
 def _warn(exc: BaseException) -> None:
+    r"""One warning per process for each distinct failure (a missing module fails at every target module)."""
     import warnings
 
-    warnings.warn(f"llamafactory-wspo is inactive: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
+    message = f"llamafactory-wspo is inactive: {type(exc).__name__}: {exc}"
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 class _PatchingLoader:

@@ -17,9 +17,14 @@ loaded from is decided here once, so the two modes score with the same weights:
 
 Each frozen model also says what identifies it for the log-prob cache (:meth:`FrozenModel.identity`): the
 content of its weights and every loader option it is built with.
+
+Loading a frozen model leaves no auto-class registration behind (:func:`auto_class_registrations_kept`): a frozen
+model whose config has an ``auto_map`` must not change how the policy is saved.
 """
 
+import sys
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +77,81 @@ _NOT_IN_KEY = frozenset(
 _OTHER_COMMANDS = ("export_", "vllm_", "sglang_", "kt_")
 
 
+# The transformers classes whose subclasses carry `_auto_class` (set by `register_for_auto_class`): configs, models,
+# tokenizers and processors, by module (`PretrainedConfig` is the name before transformers 5).
+_AUTO_CLASS_BASES = {
+    "transformers.configuration_utils": ("PreTrainedConfig", "PretrainedConfig"),
+    "transformers.modeling_utils": ("PreTrainedModel",),
+    "transformers.tokenization_utils_base": ("PreTrainedTokenizerBase",),
+    "transformers.processing_utils": ("ProcessorMixin",),
+    "transformers.feature_extraction_utils": ("FeatureExtractionMixin",),
+    "transformers.image_processing_base": ("ImageProcessingMixin",),
+    "transformers.video_processing_utils": ("BaseVideoProcessor",),
+}
+_AUTO_MODULES = "transformers.models.auto."
+_UNSET = object()
+
+
+def _registrable_classes() -> set[type]:
+    r"""Every class of the process (imported so far) that ``register_for_auto_class`` can mark."""
+    classes: set[type] = set()
+    for module_name, names in _AUTO_CLASS_BASES.items():
+        module = sys.modules.get(module_name)
+        stack = [base for name in names if isinstance(base := getattr(module, name, None), type)]
+        while stack:
+            cls = stack.pop()
+            if cls not in classes:
+                classes.add(cls)
+                stack.extend(type.__subclasses__(cls))
+
+    return classes
+
+
+def _auto_mapping_registrations() -> dict[int, dict]:
+    r"""The registrations of the auto mappings (``AutoConfig``'s, each ``AutoModel*``'s, ``AutoTokenizer``'s...)."""
+    registrations = {}
+    for name, module in list(sys.modules.items()):
+        if name.startswith(_AUTO_MODULES) and module is not None:
+            for value in list(vars(module).values()):
+                extra = getattr(value, "__dict__", {}).get("_extra_content")
+                if isinstance(extra, dict):
+                    registrations[id(extra)] = extra
+
+    return registrations
+
+
+@contextmanager
+def auto_class_registrations_kept() -> Iterator[None]:
+    r"""Undo every auto-class registration made inside the block, keeping those made before it.
+
+    Loading a model whose config has an ``auto_map`` registers classes process-wide, twice over: transformers'
+    remote-code loader calls ``register_for_auto_class`` on the config, tokenizer and model classes (and adds the
+    model class to the ``AutoModel*`` mapping), and LLaMA-Factory's ``register_autoclass`` registers the classes it
+    loaded, even transformers' own (remote code off, or an ``auto_map`` that names a library class). A class with
+    ``_auto_class`` set copies "its custom code" beside every save of an instance: the policy, of the same class as a
+    frozen model, would save transformers' own modules with its weights, or fail on their relative imports
+    (``FileNotFoundError: .../models/qwen2/..activations.py``). Frozen models are never saved, so their registrations
+    are dropped; the policy's own (when it is loaded first) are kept, and it registers again when loaded after.
+    """
+    classes = {cls: cls.__dict__.get("_auto_class", _UNSET) for cls in _registrable_classes()}
+    mappings = {key: (extra, dict(extra)) for key, extra in _auto_mapping_registrations().items()}
+    try:
+        yield
+    finally:
+        for cls in _registrable_classes():
+            before, now = classes.get(cls, _UNSET), cls.__dict__.get("_auto_class", _UNSET)
+            if now != before:
+                if before is _UNSET:
+                    del cls._auto_class
+                else:
+                    cls._auto_class = before
+
+        for extra, before in mappings.values():
+            if extra != before:
+                extra.clear()
+                extra.update(before)
+
+
 @dataclass(frozen=True)
 class FrozenModel:
     r"""One frozen model: its role, the argument that names it and the loader options it is built with.
@@ -93,11 +173,14 @@ class FrozenModel:
         return self.model_args.model_name_or_path
 
     def load_tokenizer(self) -> "PreTrainedTokenizer":
-        return load_tokenizer(self.model_args)["tokenizer"]
+        with auto_class_registrations_kept():
+            return load_tokenizer(self.model_args)["tokenizer"]
 
     def load(self) -> "PreTrainedModel":
-        r"""Load the model for inference with LLaMA-Factory's loader, as ``create_ref_model`` does."""
-        return load_model(self.load_tokenizer(), self.model_args, FinetuningArguments(), is_trainable=False)
+        r"""Load the model for inference with LLaMA-Factory's loader, as ``create_ref_model`` does (without leaving
+        auto-class registrations behind)."""
+        with auto_class_registrations_kept():
+            return load_model(self.load_tokenizer(), self.model_args, FinetuningArguments(), is_trainable=False)
 
     def identity(self, hashes: "FileHashes") -> dict[str, Any]:
         r"""What the model's log-probs depend on: its weights and every loader option it is built with."""
@@ -297,7 +380,8 @@ def check_embedding_sizes(
         if model.key == "model_name_or_path" or model.model_args.resize_vocab:
             continue
 
-        config = load_config(model.model_args)
+        with auto_class_registrations_kept():
+            config = load_config(model.model_args)
         rows = getattr(config.get_text_config(), "vocab_size", None)
         if rows is not None and max_token_id >= rows:
             raise ValueError(

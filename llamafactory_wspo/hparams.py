@@ -27,10 +27,14 @@ for the weak model's length alignment of the WSPO paper's XSUM experiment) has i
 and ``length_reward_*`` fields.
 """
 
+import argparse
+import dataclasses
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 
 PLUGIN_STAGES = ("wspo", "wpo", "grpo")
@@ -88,8 +92,26 @@ class WSPOArguments:
             "SFT-format data sets always use their single response."
         },
     )
+    wspo_shift_warning: float = field(
+        default=2.0,
+        metadata={
+            "help": "Nats per response token: the precompute pass warns when the mean |w_t| of the weak shift "
+            "w_t = log π_w*(y_t) - log π_w⁰(y_t) exceeds it (cross-tokenizer WSPO: on the weak tokens or on the "
+            "projected shift). A weak alignment that moved tokens this hard (e.g. DPO's likelihood displacement) "
+            "hands the strong model a degenerate target to copy in the WSPO loss mean_t (γ·s_t - w_t)² (Zhu et "
+            "al., ICLR 2025, arXiv:2410.18640; γ is `pref_beta`). A diagnostic of this plugin, in no paper; the "
+            "statistics are logged and stored in the cache manifest whatever the value."
+        },
+    )
 
     def check_wspo_args(self) -> None:
+        value = self.wspo_shift_warning
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(
+                f"`wspo_shift_warning` must be a positive number of nats per token, got {value!r}: the mean |w_t| "
+                "above which the precompute pass warns (default 2; a large value such as 1e9 silences it)."
+            )
+
         if self.wspo_response not in WSPO_RESPONSES:
             raise ValueError(
                 f"`wspo_response` must be one of {', '.join(WSPO_RESPONSES)}, got {self.wspo_response!r}."
@@ -322,12 +344,74 @@ class ScoringArguments:
     )
 
 
+# LLaMA-Factory's numeric fields that the plugin stages read (besides their own).
+HOST_NUMBERS = {"pref_beta": float, "pref_ftx": float, "dpo_label_smoothing": float}
+
+
+def scalar_kind(annotation: Any) -> tuple[type | None, bool]:
+    r"""``(bool, int or float, None where the field holds none of them; whether it may be None)``."""
+    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    kinds = [arg for arg in args if arg in (bool, int, float)]
+    return (kinds[0] if len(kinds) == 1 else None), type(None) in args
+
+
+def coerce_scalar(key: str, value: Any, kind: type, optional: bool = False) -> Any:
+    r"""``value`` of the field ``key`` (declared ``kind``: bool, int or float), read as the command line reads it.
+
+    ``HfArgumentParser`` turns the text of ``--key value`` into the field's type (``float()``, ``int()``, its
+    ``string_to_bool``), but takes the values of a YAML file or a dict as they are: ``pref_beta: '0.1'``, quoted,
+    would reach the loss as a string. The same text is read the same way here; a number is kept (an integral float
+    such as ``8.0`` is the integer for an integer field); anything else is one error naming the field.
+    """
+    if value is None and optional:
+        return value
+
+    if isinstance(value, bool):
+        if kind is bool:
+            return value
+    elif isinstance(value, int | float) and kind is float or isinstance(value, int) and kind is int:
+        return value
+    elif isinstance(value, float) and kind is int and value.is_integer():
+        return int(value)
+    elif isinstance(value, str):
+        from transformers.hf_argparser import string_to_bool
+
+        try:
+            return string_to_bool(value.strip()) if kind is bool else kind(value.strip())
+        except (ValueError, argparse.ArgumentTypeError):  # what float(), int() and string_to_bool refuse
+            pass
+
+    expected = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+    example = {bool: "true", int: "8", float: "0.1"}[kind]
+    fix = "write it unquoted" if isinstance(value, str) else "write one"
+    raise ValueError(
+        f"`{key}` must be {expected}{' or null' if optional else ''}, got {value!r}: {fix}, e.g. `{key}: {example}`."
+    )
+
+
 @dataclass
 class PluginArguments(WSPOArguments, WPOArguments, GRPOArguments, PrecomputeArguments, ScoringArguments):
     r"""Every argument of the plugin stages."""
 
+    def coerce_scalars(self) -> None:
+        r"""The plugin stages' boolean and numeric fields given as text (a quoted YAML value), read as numbers.
+
+        Only in a plugin stage: the stock stages keep the host's own handling of their fields.
+        """
+        hints = typing.get_type_hints(PluginArguments)
+        for item in dataclasses.fields(PluginArguments):
+            kind, optional = scalar_kind(hints[item.name])
+            if kind is not None:
+                setattr(self, item.name, coerce_scalar(item.name, getattr(self, item.name), kind, optional))
+
+        for key, kind in HOST_NUMBERS.items():
+            setattr(self, key, coerce_scalar(key, getattr(self, key), kind))
+
     def check_plugin_args(self) -> None:
         r"""Structural checks that need no file system access; called from ``__post_init__``."""
+        if self.stage in PLUGIN_STAGES:
+            self.coerce_scalars()
+
         if self.stage in ("wspo", "wpo") and not (math.isfinite(self.pref_beta) and self.pref_beta > 0):
             meaning = "gamma of the WSPO loss" if self.stage == "wspo" else "beta of the weighted preference loss"
             raise ValueError(

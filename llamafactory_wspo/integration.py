@@ -54,6 +54,7 @@ class Area:
         self.modules = modules
         self.effect = effect  # what the user sees while the area is inactive
         self.results: dict[str, str | None] = {}  # module -> the failed check's message, None where all held
+        self.raised: set[str] = set()  # modules whose check or patch raised unforeseen: a fault of the plugin
         self._activations: list[Callable[[], None]] = []
 
     @property
@@ -88,26 +89,71 @@ class Area:
         if not self.active:
             raise UnsupportedLlamaFactoryError(self.message(f"`stage: {stage}`"))
 
-    def warn(self, failure: str) -> None:
+    def warn(self, failure: str, raised: bool = False) -> None:
+        r"""One warning for a failed module: a point of the host that moved, or (``raised``) a fault of the plugin."""
         import warnings
 
+        releases = f"LLaMA-Factory {' and '.join(TESTED_VERSIONS)}"
+        version = host_version()
+        if not raised:
+            advice = f"Tested releases: {releases}."
+        elif version in TESTED_VERSIONS:
+            advice = "A bug of llamafactory-wspo: please report it to its maintainers with this message."
+        else:
+            advice = (
+                f"LLaMA-Factory {version} is not a tested release ({releases}), which may be why; please report it to "
+                "llamafactory-wspo's maintainers with this message."
+            )
         warnings.warn(
             f"llamafactory-wspo is inactive in {self.name}: {failure}. {self.effect}; stock stages are unaffected. "
-            f"Tested releases: LLaMA-Factory {' and '.join(TESTED_VERSIONS)}.",
+            f"{advice}",
             RuntimeWarning,
             stacklevel=2,
         )
 
     def message(self, what: str) -> str:
+        r"""The error for ``what`` (a plugin stage) while the area is inactive: what failed, and what to do.
+
+        A point that moved means a host that differs from the tested releases or, where the installed version is a
+        tested one, an installation that differs from that release. A check or patch that raised is a fault of the
+        plugin, named as such whatever the version.
+        """
         version = host_version()
-        problems = self.failures or [f"{name} was not checked" for name in self.modules if name not in self.results]
-        return (
-            f"llamafactory-wspo cannot provide {what}: the installed LLaMA-Factory {version} differs from the tested "
-            f"releases, LLaMA-Factory {' and '.join(TESTED_VERSIONS)}, at a point the plugin relies on: "
-            f"{'; '.join(problems)}. Install a tested release (`pip install llamafactory=={TESTED_VERSIONS[0]}`, or "
-            "LLaMA-Factory main as llamafactory-wspo's README describes) or a llamafactory-wspo release that supports "
-            f"LLaMA-Factory {version}."
-        )
+        releases = f"LLaMA-Factory {' and '.join(TESTED_VERSIONS)}"
+        main = "or LLaMA-Factory main as llamafactory-wspo's README describes"
+        faults = [failure for name, failure in self.results.items() if failure and name in self.raised]
+        moved = [failure for name, failure in self.results.items() if failure and name not in self.raised]
+        if not faults and not moved:
+            moved = [f"{name} was not checked" for name in self.modules if name not in self.results]
+
+        sentences = []
+        if faults and version in TESTED_VERSIONS:
+            sentences.append(
+                f"{'; '.join(faults)}, on LLaMA-Factory {version}, a tested release. This is a bug of "
+                "llamafactory-wspo: please report it to its maintainers with this message."
+            )
+        elif faults:
+            sentences.append(
+                f"{'; '.join(faults)}, on LLaMA-Factory {version}, which is not a tested release ({releases}) and may "
+                f"be why. Install a tested release (`pip install llamafactory=={TESTED_VERSIONS[0]}`, {main}), and "
+                "please report it to llamafactory-wspo's maintainers with this message."
+            )
+        if moved and version in TESTED_VERSIONS:
+            sentences.append(
+                f"the installed LLaMA-Factory {version} is a tested release, but differs from it at a point the "
+                f"plugin relies on: {'; '.join(moved)} (a modified installation, or another commit of LLaMA-Factory "
+                "main). "
+                f"Reinstall a tested release, {releases} (`pip install --force-reinstall "
+                f"llamafactory=={TESTED_VERSIONS[0]}`, {main})."
+            )
+        elif moved:
+            sentences.append(
+                f"the installed LLaMA-Factory {version} differs from the tested releases, {releases}, at a point the "
+                f"plugin relies on: {'; '.join(moved)}. Install a tested release (`pip install "
+                f"llamafactory=={TESTED_VERSIONS[0]}`, {main}) or a llamafactory-wspo release that supports "
+                f"LLaMA-Factory {version}."
+            )
+        return f"llamafactory-wspo cannot provide {what}: {' Also, '.join(sentences)}"
 
 
 TRAINING = Area(
@@ -172,13 +218,16 @@ def on_import(module) -> None:
 def _check_and_patch(area: Area, module, check: Callable, patch: Callable) -> None:
     r"""Patch ``module`` where its checks hold; otherwise record the failure, warn once, and guard the parser."""
     name = module.__name__
+    step = "check"
     try:
         check(module)
+        step = "patch"
         activation = patch(module)
     except HostMismatch as exc:
         failure = str(exc)
-    except Exception as exc:  # unforeseen: handled the same way, naming the error
-        failure = f"{name} could not be checked or patched ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # unforeseen: a fault of the plugin, named as such (Area.message), the area inactive
+        failure = f"llamafactory-wspo's {step} of {name} raised {type(exc).__name__}: {' '.join(str(exc).split())}"
+        area.raised.add(name)
     else:
         area.record(name, None, activation)
         return
@@ -186,7 +235,7 @@ def _check_and_patch(area: Area, module, check: Callable, patch: Callable) -> No
     area.record(name, failure)
     if name == "llamafactory.hparams.parser":
         _guard_parser(module)
-    area.warn(failure)
+    area.warn(failure, raised=name in area.raised)
 
 
 # ---------------------------------------------------------------- checks
@@ -403,8 +452,13 @@ def _check_tuner(tuner) -> None:
 
 def build_finetuning_arguments(base: type) -> type:
     r"""LLaMA-Factory's ``FinetuningArguments`` with the plugin stages and fields added."""
+    from .hparams import WPO_PREF_LOSSES
+
     host_stages = literal_choices(base, "stage")
     host_pref_losses = literal_choices(base, "pref_loss")
+    # `stage: wpo` takes TRL's per-pair losses beyond the host's, and `kto`: the choices of the command line
+    # (argparse checks them; YAML's parse_dict does not), in the help's order, each once.
+    pref_losses = tuple(dict.fromkeys(host_pref_losses + WPO_PREF_LOSSES + ("kto",)))
 
     @dataclass
     class FinetuningArguments(PluginArguments, base):
@@ -414,9 +468,13 @@ def build_finetuning_arguments(base: type) -> type:
                 "help": "Which stage will be performed in training (`wspo`, `wpo`, `grpo` from llamafactory-wspo)."
             },
         )
-        pref_loss: Literal[host_pref_losses + ("kto",)] = field(  # type: ignore[valid-type]
+        pref_loss: Literal[pref_losses] = field(  # type: ignore[valid-type]
             default="sigmoid",
-            metadata={"help": "The type of DPO loss to use (`kto`: the KTO form of `stage: wpo`)."},
+            metadata={
+                "help": "The type of DPO loss to use. `stage: wpo` (Zhou et al., EMNLP 2024, arXiv:2406.11827, "
+                f"Eq. (1)) weights any per-pair loss: {', '.join(WPO_PREF_LOSSES)} (TRL's names); `kto` is its KTO "
+                "form (Sec. 4.2)."
+            },
         )
 
         pref_beta: float = field(
@@ -497,10 +555,11 @@ def _plugin_training_function(tuner, config: dict[str, Any]) -> None:
     they cannot be called from here: the block is a copy, pinned by ``tests/test_integration.py`` to the
     host's source so that a change there fails the test suite instead of drifting silently.
 
-    Unlike the host, every rank waits for the others before the process group is torn down: rank 0 may
-    still be saving the model and plotting, and under Gloo (CPU runs) a rank that closes its connections
-    meanwhile has been seen to abort the whole ``torchrun`` job at exit. This only concerns plugin stages;
-    the host's stages keep its own teardown.
+    Unlike the host, the run ends with :func:`~llamafactory_wspo.train.teardown.teardown_distributed`: the
+    stage's objects are freed, every rank waits for the others (rank 0 may still be saving the model), and
+    every process group is destroyed, with the references DeepSpeed keeps to them, while the interpreter is
+    alive. A Gloo group left to interpreter exit has aborted a rank after a successful run (SIGABRT, so
+    ``torchrun`` exits 1). This only concerns plugin stages; the host's stages keep its own teardown.
     """
     callbacks: list[Any] = config.get("callbacks")
     model_args, data_args, training_args, finetuning_args, generating_args = tuner.get_train_args(config.get("args"))
@@ -544,9 +603,7 @@ def _plugin_training_function(tuner, config: dict[str, Any]) -> None:
     if tuner.is_ray_available() and tuner.ray.is_initialized():
         return
 
-    try:
-        if tuner.dist.is_initialized():
-            tuner.dist.barrier()
-            tuner.dist.destroy_process_group()
-    except Exception as e:
-        tuner.logger.warning(f"Failed to destroy process group: {e}.")
+    if tuner.dist.is_initialized():
+        from .train.teardown import teardown_distributed
+
+        teardown_distributed(warn=tuner.logger.warning)

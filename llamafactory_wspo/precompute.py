@@ -5,13 +5,16 @@ once, before the policy is loaded:
 
 1. every training/evaluation example is identified by a hash of its token ids and labels
    (:func:`example_uid`), never by its position;
-2. rank 0 alone fingerprints everything the values depend on (the examples, the frozen models' weights
+2. with several ranks, every rank first checks that it sees rank 0's ``logps_cache_dir`` (a shared file
+   system); rank 0 alone then removes the temporary files that killed runs left (each writer holds a lock
+   on its own), fingerprints everything the values depend on (the examples, the frozen models' weights
    and loader options, the stage's settings), which names a cache directory, checks the cache there
    (each shard's checksum, finite values) and decides: reuse it, compute it, or stop with an error (too
    little disk space); every rank follows that broadcast decision;
 3. to compute, each rank takes its share of the unique examples, runs the frozen models one at a time
-   (sorted by length, batched, no grad, with a progress bar) and writes its shard atomically (synced,
-   then renamed); rank 0 writes the manifest, with each shard's checksum, once every shard is in place;
+   (sorted by length, batched, no grad, with a progress bar) and writes its shard atomically (a locked
+   temporary file, synced, then renamed); rank 0 writes the manifest, with each shard's checksum, once
+   every shard is in place; a write that fails (a full disk) stops every rank with one line;
 4. every rank reads all shards into a :class:`LogpsStore`, which the collator queries by uid. A damaged
    cache (a missing, truncated or altered shard, an unreadable manifest) is computed again, with one
    warning naming the file.
@@ -24,12 +27,15 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import shutil
+import socket
+import stat
 import tempfile
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -40,6 +46,13 @@ from .logging import get_logger
 from .losses import IGNORE_INDEX
 from .projection import WEAK_COLUMNS, WEAK_PROJECTION
 from .scoring import score_tokens
+from .shift_stats import STATISTICS_KEY, cache_statistics, merge_summaries, pass_summaries, read_manifest
+
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: temporary files are not locked, and left ones are removed by age
+    fcntl = None
 
 
 if TYPE_CHECKING:
@@ -51,8 +64,16 @@ logger = get_logger(__name__)
 
 CACHE_FORMAT = 2
 MANIFEST = "manifest.json"
+# The manifest's own layout, apart from the values (so not in the key): 1 = no `manifest_version` field (shards,
+# checksums, models, passes); 2 adds `weak_shift_statistics` (see shift_stats.py).
+MANIFEST_VERSION = 2
 FILE_HASHES = "file_hashes.json"  # content hashes of local model files, remembered across runs (see identity.py)
-STALE_TMP_SECONDS = 3600.0  # a temporary file older than this was left by a killed run
+# Temporary files: each writer holds an advisory lock (`flock`) on its own while it writes, so one that nobody holds
+# was left by a killed run and is removed (with safetensors' own `.tmpXXXXXX`, which earlier versions left); where the
+# file system cannot lock, only those older than STALE_TMP_SECONDS are.
+TMP_PREFIX = ".tmp"
+RANK_CHECK_PREFIX = ".tmp-ranks-"  # the marker of the shared-directory check, in `logps_cache_dir` itself
+STALE_TMP_SECONDS = 3600.0
 # The per-token columns that the cache stores and the collators put beside ``labels``.
 REF_LOGPS = "ref_logps"  # log pi_ref(y_t): the reference (WSPO and WPO)
 WEAK_SHIFT = "weak_shift"  # w_t = log pi_w*(y_t) - log pi_w0(y_t): the weak model's alignment (WSPO)
@@ -82,17 +103,128 @@ def num_response_tokens(labels: Sequence[int]) -> int:
     return sum(1 for label in labels[1:] if label != IGNORE_INDEX)
 
 
-def _fsync_replace(tmp: str, path: str) -> None:
-    r"""Make ``tmp`` durable, then move it to ``path`` (atomic on one file system)."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+def format_size(num_bytes: float) -> str:
+    r"""A size for people: whole bytes below 1 KiB, then KiB, MiB, GiB or TiB with one decimal."""
+    if num_bytes < 1024:
+        return f"{int(num_bytes)} byte{'' if int(num_bytes) == 1 else 's'}"
 
-    os.replace(tmp, path)
+    for unit in ("KiB", "MiB", "GiB"):
+        num_bytes /= 1024
+        if round(num_bytes, 1) < 1024:
+            return f"{num_bytes:.1f} {unit}"
+
+    return f"{num_bytes / 1024:.1f} TiB"
 
 
 def _sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _try_lock(fd: int, block: bool) -> bool | None:
+    r"""Take the exclusive advisory lock of the open file ``fd``: ``True`` if taken, ``False`` if another open file
+    holds it, ``None`` if this platform or file system cannot lock."""
+    if fcntl is None:
+        return None
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF):
+            return None  # (EBADF: NFS emulates `flock` by a write lock, which a file open only to read cannot take)
+        raise
+
+    return True
+
+
+def _same_file(fd: int, path: str) -> bool:
+    r"""Whether ``path`` still names the file open as ``fd`` (not removed, not replaced)."""
+    try:
+        named, held = os.lstat(path), os.fstat(fd)
+    except OSError:
+        return False
+
+    return (named.st_ino, named.st_dev) == (held.st_ino, held.st_dev)
+
+
+@contextmanager
+def _locked_temporary(directory: str, prefix: str = ".tmp-", suffix: str = "") -> Iterator[tuple[int, str]]:
+    r"""A new temporary file in ``directory`` (its descriptor and path), locked while the block runs and removed after
+    it unless the block renamed it."""
+    for _ in range(10):
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
+        if _try_lock(fd, block=True) is None or _same_file(fd, tmp):
+            break
+
+        os.close(fd)  # a clean-up took it between its creation and the lock, and removed it: another name
+    else:
+        raise OSError(errno.EAGAIN, f"Cannot keep a temporary file in {directory}")
+
+    try:
+        yield fd, tmp
+    finally:
+        try:
+            if _same_file(fd, tmp):  # the block failed before its rename
+                os.remove(tmp)
+        finally:
+            os.close(fd)  # and the lock with it
+
+
+def _write_atomically(path: str, data: bytes | memoryview) -> None:
+    r"""Write ``data`` to ``path`` atomically: into a locked temporary file beside it, synced, then renamed (atomic on
+    one file system). A failure leaves neither ``path`` nor the temporary file."""
+    with _locked_temporary(os.path.dirname(path), suffix=os.path.splitext(path)[1]) as (fd, tmp):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.replace(tmp, path)
+
+
+def _remove_unheld(path: str, now: float) -> None:
+    r"""Remove the temporary file ``path`` unless a live writer holds its lock (where files cannot be locked: if it is
+    older than :data:`STALE_TMP_SECONDS`)."""
+    try:  # open to write: NFS takes an exclusive lock only on such a file
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return
+
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+
+        taken = _try_lock(fd, block=False)
+        left = now - os.fstat(fd).st_mtime > STALE_TMP_SECONDS if taken is None else taken
+        if left and _same_file(fd, path):
+            os.remove(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_left_temporary_files(cache_dir: str) -> None:
+    r"""Remove what killed runs left under ``cache_dir``: temporary files in its cache folders (``.tmp-*`` and
+    safetensors' ``.tmpXXXXXX``) and shared-directory markers in itself. A running writer's files are locked, and
+    stay; nothing else is touched."""
+    now = time.time()
+    try:
+        entries = list(os.scandir(cache_dir))
+    except OSError:
+        return
+
+    for entry in entries:
+        if entry.name.startswith(RANK_CHECK_PREFIX):
+            _remove_unheld(entry.path, now)
+        elif entry.is_dir(follow_symlinks=False):
+            try:
+                names = [inner.path for inner in os.scandir(entry.path) if inner.name.startswith(TMP_PREFIX)]
+            except OSError:
+                continue
+            for path in names:
+                _remove_unheld(path, now)
 
 
 class LogpsStore:
@@ -107,6 +239,7 @@ class LogpsStore:
         self.offsets = offsets
         self.columns = columns
         self._index = {int(uid): i for i, uid in enumerate(uids.tolist())}
+        self.statistics: dict[str, Any] = {}  # of the weak shift, set by `precompute_logps` (shift_stats.py)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -167,22 +300,18 @@ class LogpsStore:
         return out
 
     def save(self, path: str) -> tuple[str, int]:
-        r"""Write atomically (a temporary file in the same directory, synced, then renamed); its SHA-256 and size."""
-        from safetensors.torch import save_file
+        r"""Write atomically (:func:`_write_atomically`); the file's SHA-256 and size.
+
+        The bytes are made in memory and written through a locked temporary file of ours: ``save_file`` of
+        safetensors writes through a temporary file of its own (``.tmpXXXXXX``, unlocked), which a clean-up could not
+        tell from one that a killed run left."""
+        from safetensors.torch import save
 
         tensors = {"uids": self.uids, "offsets": self.offsets}
         tensors.update({f"column.{name}": column.contiguous() for name, column in self.columns.items()})
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp)
-            digest, size = _sha256(tmp), os.path.getsize(tmp)
-            _fsync_replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-        return digest, size
+        data = save(tensors)
+        _write_atomically(path, data)
+        return hashlib.sha256(data).hexdigest(), len(data)
 
     @classmethod
     def load(cls, path: str) -> "LogpsStore":
@@ -200,6 +329,11 @@ def fingerprint(uids: Sequence[int], identities: dict[str, Any], extra: dict[str
     digest.update(json.dumps(identities, sort_keys=True, default=str).encode())
     digest.update(array("q", uids).tobytes())
     return digest.hexdigest()[:32]
+
+
+def manifest_version(manifest: Mapping[str, Any]) -> int:
+    r"""The layout version of a cache manifest (:data:`MANIFEST_VERSION`); 1 for one written before the field."""
+    return int(manifest.get("manifest_version", 1))
 
 
 def _hf_deepspeed_config() -> dict[str, Any] | None:
@@ -291,11 +425,6 @@ def frozen_for_pass(model_spec: "FrozenModel", world: int) -> Iterator["torch.nn
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -435,8 +564,12 @@ def _shard_name(rank: int, world: int) -> str:
     return f"shard-{rank:05d}-of-{world:05d}.safetensors"
 
 
-def read_cache(target: str, uids: Sequence[int]) -> tuple[LogpsStore | None, str | None]:
-    r"""The cache at ``target`` if it is complete and intact, else ``(None, why)`` naming the damaged file."""
+def read_cache(target: str, uids: Sequence[int], verify: bool = True) -> tuple[LogpsStore | None, str | None]:
+    r"""The cache at ``target`` if it is complete and intact, else ``(None, why)`` naming the damaged file.
+
+    ``verify``: check each shard against its checksum (one more read of it); without it only its size is checked,
+    for a cache that rank 0 has just verified or that this pass has just written.
+    """
     manifest_path = os.path.join(target, MANIFEST)
     if not os.path.isfile(manifest_path):
         return None, None
@@ -454,7 +587,7 @@ def read_cache(target: str, uids: Sequence[int]) -> tuple[LogpsStore | None, str
         if not os.path.isfile(path):
             return None, f"{path} is missing"
 
-        if os.path.getsize(path) != shard["bytes"] or _sha256(path) != shard["sha256"]:
+        if os.path.getsize(path) != shard["bytes"] or verify and _sha256(path) != shard["sha256"]:
             return None, f"{path} does not match its checksum"
 
         try:
@@ -475,18 +608,6 @@ def read_cache(target: str, uids: Sequence[int]) -> tuple[LogpsStore | None, str
     return store, None
 
 
-def _remove_stale_files(target: str, max_age: float = STALE_TMP_SECONDS) -> None:
-    r"""Temporary files that a killed run left behind (a running run's are younger than ``max_age``)."""
-    now = time.time()
-    for name in os.listdir(target):
-        path = os.path.join(target, name)
-        try:
-            if name.startswith(".tmp-") and now - os.path.getmtime(path) > max_age:
-                os.remove(path)
-        except OSError:
-            pass
-
-
 def _check_free_space(cache_dir: str, needed: int) -> None:
     os.makedirs(cache_dir, exist_ok=True)
     free = shutil.disk_usage(cache_dir).free
@@ -495,16 +616,32 @@ def _check_free_space(cache_dir: str, needed: int) -> None:
 
 
 def _space_message(cache_dir: str, needed: int, free: int | None = None) -> str:
-    have = f", {free / 2**20:.1f} MiB free" if free is not None else ""
+    have = f", {format_size(free)} free" if free is not None else ""
     return (
-        f"Not enough disk space for the log-prob cache at {cache_dir}: it needs about {needed / 2**20:.1f} MiB{have}. "
+        f"Not enough disk space for the log-prob cache at {cache_dir}: it needs about {format_size(needed)}{have}. "
         "Free some space, or point `logps_cache_dir` at a larger disk."
     )
 
 
+def _write_failure(err: OSError, path: str, cache_dir: str, needed: int) -> dict[str, Any]:
+    r"""One line for a cache file that could not be written (``path``), to raise on every rank."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = shutil.disk_usage(cache_dir).free
+        except OSError:
+            free = None
+        message = _space_message(cache_dir, needed, free)
+    else:
+        message = (
+            f"Cannot write the log-prob cache at {cache_dir} ({path}: {err.strerror or err}); it needs about "
+            f"{format_size(needed)}. Point `logps_cache_dir` at a writable directory with that much room."
+        )
+
+    return {"errno": err.errno, "error": message}
+
+
 def _cache_size(target: str) -> str:
-    size = sum(os.path.getsize(os.path.join(target, name)) for name in os.listdir(target))
-    return f"{size / 2**20:.1f} MiB"
+    return format_size(sum(os.path.getsize(os.path.join(target, name)) for name in os.listdir(target)))
 
 
 def _plan(
@@ -513,8 +650,10 @@ def _plan(
     combine: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
     cache_dir: str,
     extra: dict[str, Any],
-) -> dict[str, Any]:
-    r"""Rank 0's decision, which every rank then follows: the cache key, and whether to reuse, compute or stop."""
+) -> tuple[dict[str, Any], LogpsStore | None]:
+    r"""Rank 0's decision, which every rank then follows: the cache key, and whether to reuse, compute or stop; and the
+    cache, verified, when it is reused. Temporary files that killed runs left are removed first, whatever follows."""
+    remove_left_temporary_files(cache_dir)
     hashes = FileHashes(os.path.join(cache_dir, FILE_HASHES))
     identities = {model.name: model.identity(hashes) for model in models}
     hashes.save()
@@ -522,7 +661,7 @@ def _plan(
     target = os.path.join(cache_dir, key)
     store, damage = read_cache(target, examples.uids)
     if store is not None:
-        return {"action": "reuse", "key": key}
+        return {"action": "reuse", "key": key}, store
 
     if damage:
         logger.warning_rank0(f"The log-prob cache is damaged ({damage}): computing it again.")
@@ -531,7 +670,68 @@ def _plan(
     bytes_per_token = sum(value.element_size() for value in one.values())
     needed = examples.num_tokens * bytes_per_token + len(examples.uids) * 16 + 2**16
     _check_free_space(cache_dir, needed)
-    return {"action": "compute", "key": key, "identities": identities, "needed": needed}
+    os.makedirs(target, exist_ok=True)
+    return {"action": "compute", "key": key, "identities": identities, "needed": needed}, None
+
+
+def _sees(path: str, token: str, wait: float = 1.0) -> bool:
+    r"""Whether the file ``path`` holds ``token`` (waiting up to ``wait`` seconds for a file system whose view lags)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read() == token
+        except FileNotFoundError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        except (OSError, ValueError):
+            return False
+
+
+def check_shared_cache_dir(cache_dir: str) -> None:
+    r"""Stop on every rank unless every rank sees rank 0's ``cache_dir``: the pass writes one cache from all ranks.
+
+    Rank 0 writes a marker holding a random token there (a locked temporary file); the broadcast of its name is the
+    barrier after which every rank reads it; all ranks then gather what they saw, so all stop with the same line or
+    none does. A rank 0 that cannot write there skips the check: the plan reports that directory, or reuses a cache
+    that is only read.
+    """
+    rank, world = _rank_and_world()
+    if world == 1:
+        return
+
+    with ExitStack() as stack:
+        marker = None
+        if rank == 0:
+            try:
+                os.makedirs(cache_dir, exist_ok=True)
+                fd, path = stack.enter_context(_locked_temporary(cache_dir, prefix=RANK_CHECK_PREFIX))
+                token = secrets.token_hex(16)
+                os.write(fd, token.encode())
+                os.fsync(fd)
+                marker = (os.path.basename(path), token)
+            except OSError:
+                marker = None
+
+        marker = _broadcast(marker)
+        if marker is None:
+            return
+
+        seen = _sees(os.path.join(cache_dir, marker[0]), marker[1])
+        views = _all_gather({"seen": seen, "host": socket.gethostname(), "dir": cache_dir})
+    # (rank 0's marker is removed once every rank has read it)
+
+    blind = [index for index, view in enumerate(views) if not view["seen"]]
+    if blind:
+        first, origin = views[blind[0]], views[0]
+        others = f" (nor do {len(blind) - 1} other ranks)" if len(blind) > 1 else ""
+        raise ValueError(
+            f"`logps_cache_dir` is not shared by all ranks: rank {blind[0]} (host {first['host']}) does not see in "
+            f"{first['dir']} the file that rank 0 (host {origin['host']}) wrote in {origin['dir']}{others}. The "
+            "precompute pass writes one cache from every rank: set `logps_cache_dir` (or $LLAMAFACTORY_WSPO_CACHE) "
+            "to a directory on a file system that every node shares."
+        )
 
 
 def precompute_logps(
@@ -551,15 +751,17 @@ def precompute_logps(
     to the collator of that rendering (the weak one pads with the weak tokenizer).
 
     Rank 0 alone fingerprints, checks the cache and decides; every rank follows the broadcast decision, so no
-    rank can take another path than the others (and wait forever at a barrier they never reach).
+    rank can take another path than the others (and wait forever at a barrier they never reach). Every shard is
+    hashed once: when it is written, or by rank 0 when the cache is reused.
     """
+    check_shared_cache_dir(cache_dir)  # first: a directory of each node's own stops every rank at once
     examples = ExampleIndex(list(datasets))
     uids = examples.uids
     rank, world = _rank_and_world()
-    plan = None
+    plan, store = None, None
     if rank == 0:
         try:
-            plan = _plan(examples, models, combine, cache_dir, extra)
+            plan, store = _plan(examples, models, combine, cache_dir, extra)
         except Exception as err:  # every rank stops with rank 0's error
             plan = {"action": "error", "error": err}
 
@@ -569,39 +771,45 @@ def precompute_logps(
 
     target = os.path.join(cache_dir, plan["key"])
     if plan["action"] == "compute":
-        if rank == 0:
-            os.makedirs(target, exist_ok=True)
-            _remove_stale_files(target)
-
-        _barrier()
-        rows, names, passes = _compute_shard(
+        rows, names, passes, summaries = _compute_shard(
             examples, uids[rank::world], models, combine, collate, batch_size, show_progress, response_only
         )
+        path = os.path.join(target, _shard_name(rank, world))
         try:
-            digest, size = LogpsStore.from_rows(rows, names).save(os.path.join(target, _shard_name(rank, world)))
+            digest, size = LogpsStore.from_rows(rows, names).save(path)
+            written = {"name": _shard_name(rank, world), "sha256": digest, "bytes": size}
         except OSError as err:
-            if err.errno == errno.ENOSPC:
-                raise OSError(err.errno, _space_message(cache_dir, plan["needed"])) from err
+            written = _write_failure(err, path, cache_dir, plan["needed"])
 
-            raise
+        shards = _all_gather(written)  # every rank learns of a rank whose write failed, and stops with its line
+        failure = next((shard for shard in shards if "error" in shard), None)
+        if failure is None:
+            weak_shift_statistics = merge_summaries(_all_gather(summaries))
+            if rank == 0:
+                manifest = {"format": CACHE_FORMAT, "fingerprint": plan["key"], "shards": shards}
+                manifest.update({"examples": len(uids), "extra": extra})
+                manifest.update({"models": plan["identities"], "passes": passes})
+                manifest.update({"manifest_version": MANIFEST_VERSION, STATISTICS_KEY: weak_shift_statistics})
+                manifest_path = os.path.join(target, MANIFEST)
+                try:
+                    _write_atomically(manifest_path, json.dumps(manifest, indent=2, default=str).encode())
+                except OSError as err:
+                    failure = _write_failure(err, manifest_path, cache_dir, plan["needed"])
+                else:
+                    logger.info_rank0(
+                        f"Precomputed log-probs of {len(uids)} examples saved at {target} ({_cache_size(target)})."
+                    )
 
-        shards = _all_gather({"name": _shard_name(rank, world), "sha256": digest, "bytes": size})
+            failure = _broadcast(failure)  # and the barrier before any rank reads the manifest
 
-        if rank == 0:
-            manifest = {"format": CACHE_FORMAT, "fingerprint": plan["key"], "shards": shards, "examples": len(uids)}
-            manifest.update({"extra": extra, "models": plan["identities"], "passes": passes})
-            fd, tmp = tempfile.mkstemp(dir=target, prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(manifest, f, indent=2, default=str)
+        if failure is not None:  # a cache without its manifest is computed again: its shards only take space
+            if not os.path.exists(os.path.join(target, MANIFEST)):
+                with suppress(OSError):
+                    os.remove(path)
+            raise OSError(failure["errno"], failure["error"])
 
-            _fsync_replace(tmp, os.path.join(target, MANIFEST))
-            logger.info_rank0(
-                f"Precomputed log-probs of {len(uids)} examples saved at {target} ({_cache_size(target)})."
-            )
-
-        _barrier()
-
-    store, damage = read_cache(target, uids)
+    if store is None:  # rank 0 reuses what it has just verified; the others, or a new cache, without hashing again
+        store, damage = read_cache(target, uids, verify=False)
     if store is None:
         raise RuntimeError(
             f"The log-prob cache at {target} cannot be used ({damage or 'no manifest'}); delete it and run again."
@@ -610,6 +818,7 @@ def precompute_logps(
     if plan["action"] == "reuse":
         logger.info_rank0(f"Reusing precomputed log-probs from {target} ({_cache_size(target)}).")
 
+    store.statistics = cache_statistics(read_manifest(target), store.columns)
     return store
 
 
@@ -622,8 +831,9 @@ def _compute_shard(
     batch_size: int,
     show_progress: bool,
     response_only: bool,
-) -> tuple[dict[int, dict[str, torch.Tensor]], list[str], dict[str, Any]]:
-    r"""Score this rank's ``share`` with each frozen model in turn: the rows to store, their columns, the timings."""
+) -> tuple[dict[int, dict[str, torch.Tensor]], list[str], dict[str, Any], dict[str, Any]]:
+    r"""Score this rank's ``share`` with each frozen model in turn: the rows to store, their columns, the timings,
+    and the summaries of the weak shift (:func:`~llamafactory_wspo.shift_stats.pass_summaries`)."""
     scores: dict[str, dict[int, torch.Tensor]] = {}
     passes: dict[str, Any] = {}
     _, world = _rank_and_world()
@@ -648,4 +858,4 @@ def _compute_shard(
     columns = {uid: examples.row_columns(uid) for uid in share}  # the projection of cross-tokenizer WSPO
     rows = {uid: combine({**{name: scores[name][uid] for name in scores}, **columns[uid]}) for uid in share}
     names = list(combine({model_spec.name: torch.zeros(0) for model_spec in models}))
-    return rows, names, passes
+    return rows, names, passes, pass_summaries(rows, names, scores, columns)

@@ -77,9 +77,34 @@ def test_a_failing_patch_is_one_warning_not_a_crash(tmp_path):
     assert proc.stderr.count("llamafactory-wspo is inactive") == 1
 
 
+@pytest.mark.host_compat
+def test_a_missing_integration_module_is_one_warning(tmp_path):
+    r"""A half-removed install (the hook's package without ``integration``): one warning per process, not one per
+    patched module that LLaMA-Factory imports."""
+    fake = tmp_path / "llamafactory"
+    for folder in ("hparams", "train"):
+        (fake / folder).mkdir(parents=True)
+        (fake / folder / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "hparams" / "parser.py").write_text("READY = True\n")
+    (fake / "train" / "tuner.py").write_text("READY = True\n")
+    proc = _python(
+        "import sys, warnings; warnings.simplefilter('always')\n"
+        "sys.modules['llamafactory_wspo.integration'] = None  # the module is gone: importing it fails\n"
+        "import llamafactory.hparams.parser as p, llamafactory.train.tuner as t; print(p.READY and t.READY)",
+        PYTHONPATH=str(tmp_path),
+        PYTHONWARNINGS="default",
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
+    assert proc.stderr.count("llamafactory-wspo is inactive") == 1, proc.stderr
+    assert "llamafactory_wspo.integration" in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.slow
 def test_command_line_flags_and_choices(assets, tmp_path):
-    config = wspo_config(assets, tmp_path, max_steps=1, max_samples=8)
+    r"""A run from ``--key=value`` flags only, with one of WPO's own losses among them (each one parses as a flag:
+    ``tests/test_bad_input.py``); a stage that does not exist lists the host's and the plugin's."""
+    config = wspo_config(assets, tmp_path, max_steps=1, max_samples=8, pref_loss="robust")
     flags = [f"--{key}={value}" for key, value in config.items()]
     proc = subprocess.run(
         [str(BIN / "llamafactory-cli"), "train", *flags], env=base_env(), capture_output=True, text=True, timeout=600

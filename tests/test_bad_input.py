@@ -183,3 +183,68 @@ def test_a_failing_run_leaves_no_state_behind(assets, tmp_path, run_in_process, 
     after = _process_state()
     for key in before:
         assert after[key] == before[key], key
+
+
+def _command_line(monkeypatch, config: dict) -> tuple:
+    r"""The arguments that ``llamafactory-cli train --key value ...`` parses: LLaMA-Factory's training parser on
+    ``sys.argv`` (argparse, which checks each ``Literal``'s choices and converts each value's text to its type)."""
+    import sys
+
+    from llamafactory.hparams.parser import _parse_train_args
+
+    flags = [token for key, value in config.items() for token in (f"--{key}", str(value))]
+    monkeypatch.setattr(sys, "argv", ["llamafactory-cli", *flags])
+    return _parse_train_args()
+
+
+# WPO's losses beyond LLaMA-Factory's own (the README's list), and `kto`.
+WPO_ONLY_LOSSES = ("robust", "exo_pair", "nca_pair", "sppo_hard", "bco_pair", "apo_zero", "apo_down", "kto")
+
+
+@pytest.mark.parametrize("loss", WPO_ONLY_LOSSES)
+def test_every_wpo_loss_is_a_command_line_choice(assets, tmp_path, monkeypatch, loss):
+    r"""``--pref_loss X`` parses for each loss that `stage: wpo` takes, as the same key does in YAML."""
+    config = wpo_config(assets, tmp_path, pref_loss=loss)
+    finetuning_args = _command_line(monkeypatch, config)[3]
+    assert finetuning_args.stage == "wpo" and finetuning_args.pref_loss == loss
+
+
+@pytest.mark.parametrize(
+    ("stage", "key", "text", "value"),
+    [
+        ("wspo", "pref_beta", "0.1", 0.1),
+        ("wpo", "pref_beta", "1e-2", 0.01),
+        ("wpo", "pref_ftx", "0.5", 0.5),
+        ("wpo", "dpo_label_smoothing", "0.1", 0.1),
+        ("wspo", "wspo_shift_warning", "3", 3.0),
+        ("wspo", "precompute_batch_size", "8", 8),
+        ("wspo", "precompute_logps", "false", False),
+        ("grpo", "grpo_beta", "0.04", 0.04),
+        ("grpo", "grpo_num_generations", "8", 8),
+    ],
+)
+def test_a_number_written_as_text_is_read_as_on_the_command_line(
+    assets, tmp_path, monkeypatch, stage, key, text, value
+):
+    r"""``pref_beta: '0.1'`` (quoted in YAML) is the value that ``--pref_beta 0.1`` gives: argparse reads that text
+    with the field's type, and the YAML key now does the same."""
+    from llamafactory.hparams.parser import _parse_train_args
+
+    make = {"wspo": wspo_config, "wpo": wpo_config, "grpo": grpo_config}[stage]
+    config = make(assets, tmp_path, **{key: text})
+    from_yaml = getattr(_parse_train_args(dict(config))[3], key)
+    from_flags = getattr(_command_line(monkeypatch, config)[3], key)
+    assert from_yaml == from_flags == value and type(from_yaml) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "needle"),
+    [
+        ("pref_beta", "0.1.2", "`pref_beta` must be a number, got '0.1.2': write it unquoted, e.g. `pref_beta: 0.1`"),
+        ("precompute_logps", "maybe", "`precompute_logps` must be true or false, got 'maybe'"),
+        ("precompute_batch_size", "8.5", "`precompute_batch_size` must be an integer or null, got '8.5'"),
+        ("pref_beta", True, "`pref_beta` must be a number, got True: write one, e.g. `pref_beta: 0.1`"),
+    ],
+)
+def test_text_that_is_no_number(assets, tmp_path, run_in_process, key, text, needle):
+    _expect_error(run_in_process, wspo_config(assets, tmp_path, **{key: text}), needle)

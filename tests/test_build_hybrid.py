@@ -1,5 +1,6 @@
 """``llamafactory-wspo build-hybrid``: the hybrid pairing rule with a fake judge on 127.0.0.1 (garbage, 500s and
-429s on cue, killed mid-run) and with a tiny reward model; resumed runs equal uninterrupted ones."""
+429s on cue, turning bad mid-run, down, killed mid-run) and with a tiny reward model; resumed runs equal
+uninterrupted ones; a reply without a score on the 1-6 scale is never stored as a fall-back."""
 
 import json
 import os
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.cli import cli_command, qwen_prompt_ids, read_jsonl, run_cli, write_jsonl
-from helpers.fake_judge import FakeJudge, judge_score
+from helpers.cli import cli_command, one_line_error, qwen_prompt_ids, read_jsonl, run_cli, write_jsonl
+from helpers.fake_judge import FakeJudge, chat_reply, judge_score
 from helpers.train import base_env
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -47,7 +48,7 @@ def test_judge_scores_follow_the_hybrid_rule(judge: FakeJudge, tmp_path: Path) -
         {"instruction": "prompt A", "predict": ["a b c d e", "a", "a b c"]},  # 5, 1, 3
         {"instruction": "prompt B", "predict": ["a b", "a b c"]},  # best 3 < 5: fallback
         {"instruction": "prompt C", "predict": ["a b c d e", "p q r s t"]},  # 5, 5: nothing 1 lower
-        {"instruction": "prompt D", "predict": ["noscore a b c d e f", "a b c d e"]},  # unscored, 5
+        {"instruction": "prompt D", "predict": ["a b c d e"]},  # 5, nothing lower: fallback
     ]
     write_jsonl(tmp_path / "samples.0.jsonl", rows[0::2])  # two shards of `generate`
     write_jsonl(tmp_path / "samples.1.jsonl", rows[1::2])
@@ -57,12 +58,11 @@ def test_judge_scores_follow_the_hybrid_rule(judge: FakeJudge, tmp_path: Path) -
     out_dir.mkdir()
     (out_dir / "dataset_info.json").write_text(json.dumps({"other": {"file_name": "other.json"}}))
 
-    proc = run_cli(
+    run_cli(
         "build-hybrid", f"pairs={pairs}", f"samples_file={samples}", f"outside_file={outside}",
         f"scorer=openai:{judge.url}#judge-model", f"output_dir={out_dir}", "name=hybrid", "seed=0",
         NO_PROXY="127.0.0.1",
     )  # fmt: skip
-    assert "1 judgments gave no score" in proc.stderr
 
     rows = by_prompt(read_jsonl(out_dir / "hybrid.jsonl"))
     assert [row["instruction"] for row in rows] == [pair["instruction"] for pair in PAIRS]
@@ -74,12 +74,11 @@ def test_judge_scores_follow_the_hybrid_rule(judge: FakeJudge, tmp_path: Path) -
     assert first["rejected_score"] == judge_score(first["rejected"])
     for row, pair in zip(rows[1:], PAIRS[1:]):
         assert (row["source"], row["chosen"], row["rejected"]) == ("ultrafeedback", pair["chosen"], pair["rejected"])
-    assert [row["failed_judgments"] for row in rows] == [0, 0, 0, 1, 0]
 
     info = json.loads((out_dir / "dataset_info.json").read_text())
     assert info["other"] == {"file_name": "other.json"}
     assert info["hybrid"] == build_hybrid.dataset_entry("hybrid")
-    assert len(judge.requests) == 3 + 1 + 2 + 2 + 2
+    assert len(judge.requests) == 3 + 1 + 2 + 2 + 1
 
     # a second run finds every prompt done: no judge call, the same file
     before = (out_dir / "hybrid.jsonl").read_text()
@@ -87,11 +86,11 @@ def test_judge_scores_follow_the_hybrid_rule(judge: FakeJudge, tmp_path: Path) -
         "build-hybrid", f"pairs={pairs}", f"samples_file={samples}", f"outside_file={outside}",
         f"scorer=openai:{judge.url}#judge-model", f"output_dir={out_dir}", "name=hybrid", NO_PROXY="127.0.0.1",
     )  # fmt: skip
-    assert len(judge.requests) == 10 and (out_dir / "hybrid.jsonl").read_text() == before
+    assert len(judge.requests) == 9 and (out_dir / "hybrid.jsonl").read_text() == before
 
 
 def failure_cases(count: int) -> tuple[list[dict], list[dict]]:
-    r"""Pairs, and samples that make the fake judge return garbage, no choices, no score, 500s and 429s."""
+    r"""Pairs, and samples that make the fake judge return 500s and 429s before answering."""
     pairs = [
         {"instruction": f"prompt {i}", "chosen": f"uf chosen {i}", "rejected": f"uf rejected {i}"}
         for i in range(count)
@@ -99,12 +98,7 @@ def failure_cases(count: int) -> tuple[list[dict], list[dict]]:
     samples = [
         {
             "instruction": f"prompt {i}",
-            "predict": [
-                f"w{i} " * (1 + i % 6),
-                f"garbage {i}" if i % 3 == 0 else f"nochoices {i}" if i % 3 == 1 else f"noscore {i}",
-                f"flaky500 a b c d {i}",
-                f"flaky429 {i}",
-            ],
+            "predict": [f"w{i} " * (1 + i % 6), f"flaky500 a b c d {i}", f"flaky429 {i}"],
         }
         for i in range(count)
     ]
@@ -150,8 +144,7 @@ def test_killed_builder_and_judge_resume_to_the_uninterrupted_output(tmp_path: P
     run_cli("build-hybrid", *builder_args(tmp_path, judge.url, "whole"), NO_PROXY="127.0.0.1")
     judge.stop()
     expected = read_jsonl(out / "whole.jsonl")
-    assert len(expected) == 30 and {row["failed_judgments"] for row in expected} == {1}  # garbage, no choices/score
-    assert {row["source"] for row in expected} == {"hybrid"}  # 500s and 429s were retried to an answer
+    assert len(expected) == 30 and {row["source"] for row in expected} == {"hybrid"}  # 500s, 429s retried
 
     # 1. The builder is killed (SIGKILL) mid-run; the next run resumes without judging a stored prompt again.
     judge = FakeJudge(delay=0.05)
@@ -179,7 +172,7 @@ def test_killed_builder_and_judge_resume_to_the_uninterrupted_output(tmp_path: P
     judge.stop()
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1, stderr[-3000:]
-    assert "could not be scored" in stderr and "run the same command again" in stderr
+    assert "left unjudged" in stderr and "Run the same command again" in stderr
     partial = read_jsonl(out / "judge_down.jsonl")
     assert 5 <= len(partial) < 30 and as_set(partial) <= as_set(expected)
     assert "judge_down" not in json.loads((out / "dataset_info.json").read_text())
@@ -224,6 +217,10 @@ def test_reward_model_scorer_with_policy_sampling(assets: Path, tmp_path: Path) 
     assert [(row["chosen"], row["rejected"], row["source"]) for row in fallback] == [
         (example["chosen"], example["rejected"], "ultrafeedback") for example in data
     ]
+
+    # the samples file continues only with the sampling options it was started with (refused before loading)
+    proc = run_cli("build-hybrid", *common, "name=other", "temperature=0.9", check=False)
+    one_line_error(proc, "--temperature (0.7 then, 0.9 now)", str(tmp_path / "samples.jsonl"))
 
     # a threshold every prompt reaches: every prompt is paired (4 samples, seeded per prompt: a resumed file)
     run_cli("build-hybrid", *common, "name=all", "chosen_min=-1e9", "margin=1e-6")
@@ -310,9 +307,152 @@ def test_pairing_rule_and_per_prompt_draws() -> None:
         3, pair, candidates, scores, 5, 1, 7
     )
 
+
+@pytest.mark.parametrize(
+    ("answer", "score"),
+    [
+        ("Relevant and accurate.\nScore: 5", 5.0),
+        ("Score: 1", 1.0),
+        ("Score:6", 6.0),
+        ("Score: **5**", 5.0),  # markdown, as judges write it
+        ("**Score:** 4", 4.0),
+        ("**Score: 3**", 3.0),
+        ("Score: 5.", 5.0),
+        ("score: 2", 2.0),
+        ("Score: 5/6", 5.0),  # the paper's scale, written out
+        ("Score: 5 out of 6", 5.0),
+        ("good.\nScore: 7\nScore: **4**", 4.0),  # the last Score: counts
+        ("Score: 6.5", None),  # off the integer scale: not 6
+        ("Score: 5/10", None),  # another scale: not 5
+        ("Score: 5 out of 10", None),
+        ("Score: 5.0", None),
+        ("Score: 7", None),
+        ("Score: 0", None),
+        ("Score: 10", None),
+        ("Score: -3", None),
+        ("Score: five", None),
+        ("Score: 4 (good)", None),
+        ("Score: 4\nScore: 6.5", None),  # the last one is off the scale: no earlier one stands in
+        ("Score:", None),
+        ("No grade.", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_judge_score_parser(answer: str | None, score: float | None) -> None:
     from llamafactory_wspo.cli.judge import parse_judge_score, reply_score
 
-    assert parse_judge_score("good.\nScore: 7\nScore: **4**") == 4.0
-    assert parse_judge_score("no score") is None
-    assert reply_score(b"<html>") is None and reply_score(b'{"choices": []}') is None
-    assert reply_score(json.dumps({"choices": [{"message": {"content": "Score: 5"}}]}).encode()) == 5.0
+    assert parse_judge_score(answer) == score
+    if answer is not None:
+        assert reply_score(chat_reply(answer)) == score
+
+
+def test_reply_bodies_without_a_chat_answer() -> None:
+    from llamafactory_wspo.cli.judge import reply_score
+
+    for body in (b"<html>", b'{"choices": []}', b'{"object": "error", "message": "x"}', b'{"choices": [{}]}'):
+        assert reply_score(body) is None
+
+
+def hybrid_case(tmp_path: Path, count: int) -> list[dict]:
+    r"""``count`` prompts of two samples each, scored 6 and 1 by the fake judge: each one a hybrid pair once judged."""
+    pairs = [{"instruction": f"prompt {i}", "chosen": f"uf chosen {i}", "rejected": f"uf rejected {i}"} for i in
+             range(count)]  # fmt: skip
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    samples = [{"instruction": f"prompt {i}", "predict": [f"best{i} b c d e f", f"poor{i}"]} for i in range(count)]
+    write_jsonl(tmp_path / "samples.jsonl", samples)
+    return [
+        {
+            "instruction": f"prompt {i}", "input": "", "chosen": f"best{i} b c d e f", "rejected": f"poor{i}",
+            "source": "hybrid", "chosen_score": 6.0, "rejected_score": 1.0, "chosen_origin": "policy",
+            "prompt_index": i,
+        }
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def build_in_process(capsys, monkeypatch, tmp_path: Path, url: str, *extra: str) -> tuple[int, str, list[str]]:
+    r"""``build-hybrid`` in this process: its exit code, stdout and non-empty stderr lines (no progress bars)."""
+    from llamafactory_wspo.cli import main
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    code = main(["build-hybrid", *builder_args(tmp_path, url, "hybrid", *extra)])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip() and not line.startswith("judge:")]
+    return code, captured.out, lines
+
+
+@pytest.mark.parametrize(
+    "broken_reply",
+    [
+        b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+        b'{"object": "error", "message": "The server is overloaded", "type": "ServiceUnavailableError"}',
+        chat_reply("Accurate and complete.\nScore: 6.5"),
+        chat_reply("Middling.\nScore: 5/10"),
+    ],
+    ids=["html", "error-object", "6.5", "5/10"],
+)
+def test_replies_without_a_score_are_retried_never_stored(capsys, monkeypatch, tmp_path: Path, broken_reply) -> None:
+    r"""A judge turning bad after 10 replies: the prompts it did not score are left unjudged (exit 1, counted, no
+    dataset_info entry), never stored with their fall-back pair; a healthy rerun judges exactly those."""
+    expected = hybrid_case(tmp_path, 12)
+    out = tmp_path / "out"
+    judge = FakeJudge(broken_after=10, broken_reply=broken_reply)
+    try:
+        code, _, lines = build_in_process(capsys, monkeypatch, tmp_path, judge.url, "judge_concurrency=2")
+    finally:
+        judge.stop()
+    stored = read_jsonl(out / "hybrid.jsonl")
+    assert code == 1 and 4 <= len(stored) <= 5, (code, len(stored), lines)
+    assert as_set(stored) <= as_set(expected), "a stored prompt is a judged hybrid pair, never a fall-back"
+    left = 12 - len(stored)
+    assert len(lines) == 1 and f"error: {left} of 12 prompts are left unjudged ({left} without a score" in lines[0]
+    assert judge.url in lines[0] and "dataset_info.json" in lines[0], lines[0]
+    assert not (out / "dataset_info.json").exists()
+
+    judge = FakeJudge()
+    try:
+        code, _, lines = build_in_process(capsys, monkeypatch, tmp_path, judge.url)
+    finally:
+        judge.stop()
+    assert code == 0, lines
+    unjudged = {row["instruction"] for row in expected} - {row["instruction"] for row in stored}
+    assert sorted(request for request, _ in judge.requests) == sorted(2 * list(unjudged))  # exactly those, once
+    assert by_prompt(read_jsonl(out / "hybrid.jsonl")) == expected
+    assert json.loads((out / "dataset_info.json").read_text()) == {"hybrid": build_hybrid.dataset_entry("hybrid")}
+
+
+def test_rows_an_earlier_version_stored_without_scores_are_judged_again(capsys, monkeypatch, tmp_path: Path) -> None:
+    expected = hybrid_case(tmp_path, 3)
+    legacy = dict(expected[1], chosen="uf chosen 1", rejected="uf rejected 1", source="ultrafeedback")
+    legacy.update(chosen_score=None, rejected_score=None, chosen_origin=None, failed_judgments=1)
+    (tmp_path / "out").mkdir()
+    write_jsonl(tmp_path / "out" / "hybrid.jsonl", [dict(expected[0], failed_judgments=0), legacy])
+    judge = FakeJudge()
+    try:
+        code, stdout, lines = build_in_process(capsys, monkeypatch, tmp_path, judge.url)
+    finally:
+        judge.stop()
+    assert code == 0, lines
+    assert "stored with judgments without a score, judged again: 1" in stdout
+    assert sorted(request for request, _ in judge.requests) == ["prompt 1"] * 2 + ["prompt 2"] * 2
+    rows = by_prompt(read_jsonl(tmp_path / "out" / "hybrid.jsonl"))
+    assert rows == [dict(expected[0], failed_judgments=0), *expected[1:]]
+
+
+def test_judge_down_names_the_url_and_the_connection_error(capsys, monkeypatch, tmp_path: Path) -> None:
+    r"""Connection refused: one line naming the URL and the error; no new prompt starts once a call has failed
+    every retry (2 prompts in flight x 2 candidates x 2 attempts, not 12 prompts' worth)."""
+    hybrid_case(tmp_path, 12)
+    judge = FakeJudge()
+    judge.stop()  # nothing listens on its port now
+    code, stdout, lines = build_in_process(
+        capsys, monkeypatch, tmp_path, judge.url, "judge_concurrency=2", "judge_max_retries=1"
+    )
+    assert code == 1 and len(lines) == 1, (code, lines)
+    assert "error: 12 of 12 prompts are left unjudged" in lines[0]
+    assert f"{judge.url}/chat/completions" in lines[0] and "Connection refused" in lines[0], lines[0]
+    calls = int(stdout.split("judge: ")[1].split(" calls")[0])
+    assert calls <= 2 * 2 * 2, stdout
+    assert not (tmp_path / "out" / "dataset_info.json").exists()

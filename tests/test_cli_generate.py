@@ -3,6 +3,7 @@ computations; a generation killed mid-run and resumed writes what an uninterrupt
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.cli import cli_command, one_line_error, qwen_prompt_ids, read_jsonl, run_cli
+from helpers.cli import cli_command, one_line_error, qwen_prompt_ids, read_jsonl, run_cli, write_jsonl
 from helpers.train import base_env
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -190,3 +191,89 @@ def test_missing_inputs_are_named(capsys, assets: Path, tmp_path: Path) -> None:
     (tmp_path / "o.jsonl").write_text(json.dumps({"instruction": "bye", "predict": "x", "label": None}) + "\n")
     error = call(capsys, "generate", f"model_name_or_path={assets / 'weak'}", *common)[1]
     assert "other prompts" in error and "overwrite=true" in error
+
+
+def generate_in_process(capsys, options: dict[str, object], **changes: object) -> tuple[int, str, list[str]]:
+    r"""``generate`` in this process with ``options`` (``changes`` over them): exit code, stdout, stderr lines."""
+    from llamafactory_wspo.cli import main
+
+    argv = [f"{key}={value}" for key, value in {**options, **changes}.items()]
+    code = main(["generate", *argv])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip() and not line.startswith("generate:")]
+    return code, captured.out, lines
+
+
+def test_resumes_only_with_the_options_it_was_started_with(capsys, assets: Path, tmp_path: Path) -> None:
+    r"""A run stopped after one row (max_samples=1) and continued: with any option that changes the rows, one error
+    line naming it (before the model loads, the file untouched); with the same options it resumes; a file from
+    before the options record resumes with one warning."""
+    model = tmp_path / "model"  # a copy, whose weight file this test touches
+    shutil.copytree(assets / "weak", model)
+    source = tmp_path / "prompts.jsonl"
+    write_jsonl(source, [{"instruction": word} for word in ("list animals", "name colors", "tell fruits")])
+    out = tmp_path / "out.jsonl"
+    record_path = tmp_path / "out.jsonl.options.json"
+    options = {
+        "model_name_or_path": model, "template": "qwen", "input_file": source, "output_file": out,
+        "temperature": 0.7, "seed": 3, "max_new_tokens": 4, "infer_backend": "huggingface",
+    }  # fmt: skip
+    code, _, lines = generate_in_process(capsys, options, max_samples=1)
+    assert code == 0 and len(read_jsonl(out)) == 1, lines
+    first = out.read_text()
+    record = record_path.read_text() if record_path.is_file() else None
+
+    weights = model / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # new weights written in place
+    changed = {
+        "temperature": (1.0, "--temperature (0.7 then, 1.0 now)"),
+        "template": ("llama3", "--template (qwen then, llama3 now)"),
+        "max_new_tokens": (5, "--max_new_tokens (4 then, 5 now)"),
+        "seed": (4, "--seed (3 then, 4 now)"),
+        "top_p": (0.9, "--top_p (1.0 then, 0.9 now)"),
+        "system": ("Be brief.", "--system (none then, Be brief. now)"),
+        "model_name_or_path": (assets / "weak_aligned", f"({model.resolve()} then, {assets / 'weak_aligned'} now)"),
+        "": (None, f"--model_name_or_path (the files of {model.resolve()} changed since: model.safetensors)"),
+    }
+    for name, (value, fragment) in changed.items():
+        code, _, lines = generate_in_process(capsys, options, max_samples=2, **({name: value} if name else {}))
+        assert code == 2 and len(lines) == 1 and fragment in lines[0], (name, code, lines)
+        assert f"another --output_file, or delete {out}" in lines[0] and "overwrite=true" in lines[0]
+        assert out.read_text() == first and record_path.read_text() == record
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    code, stdout, lines = generate_in_process(capsys, options, max_samples=2)  # the same options: resumed
+    assert code == 0 and "1 of 2 prompts already done, resuming" in stdout, lines
+    assert out.read_text().startswith(first) and len(read_jsonl(out)) == 2
+
+    record_path.unlink()  # a file written before the options record existed
+    code, stdout, lines = generate_in_process(capsys, options, max_samples=3)
+    warnings = [line for line in lines if "warning:" in line]
+    assert code == 0 and len(warnings) == 1 and "cannot be checked" in warnings[0], lines
+    assert "2 of 3 prompts already done, resuming" in stdout and len(read_jsonl(out)) == 3
+
+
+def test_options_record_holds_what_determines_the_output(monkeypatch, tmp_path: Path) -> None:
+    from llamafactory_wspo.cli import generate
+
+    def record(**changes: object) -> dict:
+        values = {"model_name_or_path": "Qwen/Qwen2-7B", "template": "qwen", "output_file": "o.jsonl", **changes}
+        return generate.output_options(generate.GenerateArguments(**values))
+
+    greedy = record()
+    assert greedy["model_name_or_path"] == {"hub_id": "Qwen/Qwen2-7B"}  # a hub id by its name
+    # greedy decoding uses neither top_p nor the seed; batch size and shards leave every row as it is
+    assert generate.options_mismatch(greedy, record(seed=7, top_p=0.5, batch_size=3, num_shards=2)) == []
+    assert generate.options_mismatch(record(temperature=0.7), record(temperature=0.7, seed=7)) == [
+        "--seed (42 then, 7 now)"
+    ]
+    assert generate.options_mismatch(greedy, record(model_name_or_path="Qwen/Qwen2-1.5B")) == [
+        "--model_name_or_path (Qwen/Qwen2-7B then, Qwen/Qwen2-1.5B now)"
+    ]
+    # a key a later version adds (say `benchmark`): records written before it stand for the value it declares
+    monkeypatch.setitem(generate.OPTIONS_ADDED, "benchmark", None)
+    assert generate.options_mismatch(greedy, {**greedy, "benchmark": None}) == []
+    assert generate.options_mismatch(greedy, {**greedy, "benchmark": "alpaca_eval"}) == [
+        "--benchmark (none then, alpaca_eval now)"
+    ]

@@ -18,6 +18,7 @@ from llamafactory.hparams import DataArguments
 from llamafactory_wspo.data.cross import (
     COUNT_COLUMNS,
     CrossTokenizerDatasetProcessor,
+    build_weak_side,
     kept_positions,
     labelled_runs,
     weak_data_args,
@@ -241,3 +242,64 @@ def test_the_host_call_that_the_dataset_pass_wraps(corpus):
         proc.weak.data_args.cutoff_len == weak_data_args(strong[2], WeakSide(weak_tok, weak_tpl, "l", "w")).cutoff_len
     )
     assert proc.weak.template is weak_tpl and proc.strong.template is strong[1]
+
+
+@pytest.mark.parametrize(
+    ("weak_template", "missing"),
+    [
+        ("mistral", "[INST], [/INST]"),  # written as text by the template: not tokens of this tokenizer
+        ("gemma", "<end_of_turn>, <start_of_turn>"),  # its EOS (a stop word), then a marker
+        ("phi", "<|end|>, <|system|>, <|user|>, <|assistant|>"),
+    ],
+)
+def test_weak_template_of_another_family(corpus, weak_template, missing):
+    r"""An existing template whose special tokens the weak tokenizer (qwen's and llama3's tokens) lacks is refused,
+    naming them, before LLaMA-Factory's template adds its stop words to that tokenizer."""
+    strong = _side("word", "qwen", corpus)
+    weak = build_tokenizer("byte_bpe", corpus)
+    vocabulary = weak.get_vocab()
+    with pytest.raises(ValueError) as raised:
+        build_weak_side(weak, strong[0], strong[2], weak_template, "weak/llama3-like", "strong")
+    message = str(raised.value)
+    assert message.startswith(f"`weak_template: {weak_template}` is not the chat template of the weak models' family")
+    assert f"the weak tokenizer (weak/llama3-like) lacks its special tokens {missing} (" in message
+    assert "e.g. llama3 or qwen (whose tokens it has)" in message and "\n" not in message
+    assert weak.get_vocab() == vocabulary  # checked as loaded: nothing was added
+
+
+def test_weak_template_whose_family_writes_its_markers_as_text(corpus):
+    r"""Llama-2's and Mistral-v0.1's ``[INST]`` is plain text of their tokenizers, written by their own chat template:
+    accepted there; the same tokenizer without that chat template is refused."""
+    strong = _side("word", "qwen", corpus)
+    weak = build_tokenizer("byte_bpe", corpus)
+    weak.chat_template = "{% for m in messages %}{{ '[INST] ' + m['content'] + ' [/INST]' }}{% endfor %}"
+    side = build_weak_side(weak, strong[0], strong[2], "llama2", "weak", "strong")
+    assert side.template_name == "llama2"
+    weak.chat_template = None
+    with pytest.raises(ValueError, match=r"lacks its special tokens \[INST\], \[/INST\]"):
+        build_weak_side(weak, strong[0], strong[2], "llama2", "weak", "strong")
+
+
+@pytest.fixture(scope="module")
+def weak_family(assets, tmp_path_factory):
+    from helpers.cross import build_cross_assets
+
+    return build_cross_assets(assets, tmp_path_factory.mktemp("cross"))
+
+
+def test_weak_template_of_another_family_stops_the_run(assets, weak_family, tmp_path, run_in_process):
+    r"""Through ``run_exp``: one error naming ``weak_template`` and the missing tokens, before any model loads."""
+    from pathlib import Path
+
+    from helpers.train import wspo_config
+
+    weak = {
+        key: str(weak_family / name)
+        for key, name in (("weak_base_model", "weak"), ("weak_aligned_model", "weak_aligned"))
+    }
+    config = wspo_config(assets, tmp_path, weak_template="mistral", **weak)
+    run = run_in_process(config)
+    assert "`weak_template: mistral` is not the chat template of the weak models' family" in str(run.error), run.log
+    assert "lacks its special tokens [INST], [/INST]" in str(run.error)
+    assert run.loaded_models == [] and "loading weights file" not in run.log
+    assert not Path(config["output_dir"]).exists() and not Path(config["logps_cache_dir"]).exists()

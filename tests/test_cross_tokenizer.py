@@ -114,6 +114,13 @@ def test_precompute_and_per_step_agree_and_keep_the_total(assets, family, tmp_pa
     (manifest,) = list((tmp_path / "pre" / "cache").glob("*/manifest.json"))
     extra = json.loads(manifest.read_text())["extra"]
     assert extra["weak_template"] == WEAK_TEMPLATE and len(extra["weak_tokenizer"]) == 64
+    # the weak-shift statistics: of the projected shift on the strong tokens, and of the weak models' own w_j on
+    # the weak tokens, whose totals agree (nothing is unmatched here)
+    stats = json.loads(manifest.read_text())["weak_shift_statistics"]
+    shift, weak = stats["shift"], stats["weak_tokens"]
+    assert weak["tokens"] > shift["tokens"] > 0  # byte-level pieces against whole words
+    assert shift["mean"] * shift["tokens"] == pytest.approx(weak["mean"] * weak["tokens"], rel=1e-5)
+    assert f"Weak shift over the weak tokens, before the projection: mean {weak['mean']:+.3f}" in pre.log
 
 
 @pytest.mark.slow

@@ -224,3 +224,62 @@ def test_moved_llamaboard_element_leaves_the_stock_board_and_training(assets, tm
     assert "llamafactory.webui.components.train.create_train_tab has no element rlhf_tab" in warning
     assert "LLaMA-Board offers no plugin stage" in warning
     assert out["stock_args"] == "llamafactory_wspo.integration"
+
+
+def _raising_patch(monkeypatch, version: str) -> tuple[list[str], str]:
+    r"""A module whose check holds and whose patch raises (not a ``HostMismatch``) on a host reporting ``version``:
+    the warning and the error that asking for a plugin stage gives."""
+    import types
+    import warnings
+
+    import llamafactory.extras.env
+
+    monkeypatch.setattr(llamafactory.extras.env, "VERSION", version)
+    area = integration.Area("training", ("llamafactory.fake",), effect="Asking for `stage: wspo` stops with an error")
+    module = types.ModuleType("llamafactory.fake")
+
+    def patch(module) -> None:
+        raise KeyError("FinetuningArguments")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        integration._check_and_patch(area, module, check=lambda module: None, patch=patch)
+    assert not area.active
+    with pytest.raises(integration.UnsupportedLlamaFactoryError) as raised:
+        area.require("wspo")
+    return [str(warning.message) for warning in caught], str(raised.value)
+
+
+def test_a_raising_patch_is_named_as_the_plugins_fault(monkeypatch):
+    r"""On a tested release a patch that raises is a bug of the plugin: the error names the patch and its error and
+    asks for a report; it does not blame the release."""
+    tested = integration.TESTED_VERSIONS[0]
+    (warning,), message = _raising_patch(monkeypatch, tested)
+    what = "llamafactory-wspo's patch of llamafactory.fake raised KeyError: 'FinetuningArguments'"
+    for text in (warning, message):
+        assert what in text and "report it" in text, text
+        assert "differs" not in text, text
+    assert message.startswith("llamafactory-wspo cannot provide `stage: wspo`: " + what)
+    assert f"on LLaMA-Factory {tested}, a tested release. This is a bug of llamafactory-wspo" in message
+    assert "\n" not in message
+
+
+def test_a_raising_patch_on_an_untested_release(monkeypatch):
+    (warning,), message = _raising_patch(monkeypatch, "0.9.9")
+    assert "raised KeyError: 'FinetuningArguments'" in message and "report it" in message
+    assert f"on LLaMA-Factory 0.9.9, which is not a tested release ({_tested_releases()})" in message
+    assert "0.9.9 is not a tested release" in warning
+
+
+def test_a_moved_point_on_a_tested_release_is_not_another_release(monkeypatch):
+    r"""A point that moved on a host reporting a tested version: a modified installation, not "another release"."""
+    import llamafactory.extras.env
+
+    monkeypatch.setattr(llamafactory.extras.env, "VERSION", integration.TESTED_VERSIONS[0])
+    area = integration.Area("training", ("llamafactory.fake",), effect="...")
+    area.record("llamafactory.fake", "llamafactory.fake.run is missing")
+    message = area.message("`stage: wpo`")
+    assert "is a tested release, but differs from it at a point the plugin relies on: llamafactory.fake.run" in message
+    assert "differs from the tested releases" not in message and "report" not in message
+    monkeypatch.setattr(llamafactory.extras.env, "VERSION", "0.9.9")
+    assert "0.9.9 differs from the tested releases" in area.message("`stage: wpo`")

@@ -1,5 +1,6 @@
 """The log-prob store and the collator: identity matching, padding, atomic files."""
 
+import hashlib
 import random
 
 import pytest
@@ -89,6 +90,18 @@ def test_save_load_concat_roundtrip(tmp_path):
         i = merged.uids.tolist().index(uid)
         start, end = merged.offsets[i].item(), merged.offsets[i + 1].item()
         assert merged.columns["a"][start:end].tolist() == values["a"].tolist()
+
+
+def test_a_shard_holds_the_bytes_that_safetensors_save_file_writes(tmp_path):
+    from safetensors.torch import save_file
+
+    store, _ = _store_for(_examples(10))
+    digest, size = store.save(str(tmp_path / "shard.safetensors"))
+    tensors = {"uids": store.uids, "offsets": store.offsets, **{f"column.{k}": v for k, v in store.columns.items()}}
+    save_file(tensors, str(tmp_path / "reference.safetensors"))
+    data = (tmp_path / "shard.safetensors").read_bytes()
+    assert data == (tmp_path / "reference.safetensors").read_bytes()
+    assert (digest, size) == (hashlib.sha256(data).hexdigest(), len(data))
 
 
 def test_collator_attaches_stored_values_by_identity(assets):

@@ -1,13 +1,17 @@
 """``llamafactory-wspo smoke``: every recipe of a plugin stage trains one optimiser step on the CPU with tiny models of
 its template's family; the stock recipes swap and parse; a wrong key fails with the recipe's own error."""
 
+import ast
+import inspect
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers.cli import run_cli
+from helpers.cli import one_line_error, run_cli
 from helpers.train import ROOT
 
 from llamafactory_wspo.extras.tiny_families import template_special_tokens
@@ -121,7 +125,100 @@ def test_stock_recipes_dry_run_and_a_wrong_key_fails_with_its_own_error(tmp_path
         (text,) = [
             text for name, text in out.items() if name.endswith(recipe_name(recipe).removeprefix("yaml_recipes/"))
         ]
-        assert "parsed by LLaMA-Factory's parser: ok" in text, text
+        assert "parsed by LLaMA-Factory's parser, the stage's checks hold: ok" in text, text
         assert "synthetic rows" in text and "deepspeed: yaml_recipes/deepspeed/ds_z3_config.json -> (removed)" in text
     assert "Some keys are not used by the HfArgumentParser: ['learnig_rate']" in proc.stderr
     assert f"smoke: {len(STOCK_RECIPES)} of {len(STOCK_RECIPES) + 1} recipe(s) ok" in proc.stdout
+
+
+@pytest.fixture
+def smoke_in_this_process(monkeypatch, capsys):
+    r"""``llamafactory-wspo smoke ARGS`` in this process, as its console script runs it (``smoke.main``, whose return
+    value is the exit code), with its output; the environment that it sets is put back afterwards."""
+    from llamafactory_wspo.cli import smoke
+
+    def run(*args: object) -> subprocess.CompletedProcess:
+        code = smoke.main([str(arg) for arg in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["llamafactory-wspo", "smoke", *map(str, args)], code, out, err)
+
+    environ = dict(os.environ)
+    yield run
+    os.environ.clear()
+    os.environ.update(environ)
+
+
+@pytest.mark.parametrize("case", ["recipe_not_utf8", "dataset_info_not_json", "no_template"])
+def test_a_recipe_smoke_cannot_use_is_one_line(tmp_path: Path, smoke_in_this_process, monkeypatch, case: str) -> None:
+    r"""What smoke needs of every recipe is checked before any run, each fault one line naming the file (exit code 2):
+    a recipe that is not UTF-8, a ``dataset_info.json`` that is not JSON (with the position), and a recipe without
+    ``template`` whose model smoke would have to replace (its real run would load the real model)."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset_info.json").write_text(json.dumps({"pairs": {"hf_hub_url": "someone/pairs", "ranking": True}}))
+    config = {**USER_RECIPE, "dataset": "pairs", "eval_dataset": None}
+    recipe = tmp_path / "recipe.yaml"
+    if case == "recipe_not_utf8":
+        text = yaml.safe_dump({**config, "output_dir": "saves/café"}, allow_unicode=True)
+        recipe.write_bytes(text.encode("latin-1"))  # "é" as the single byte 0xe9
+        offset = text.encode("latin-1").index(b"\xe9")
+        needles = [f"recipe {recipe}: not UTF-8 text (byte 0xe9 at byte offset {offset})"]
+    elif case == "dataset_info_not_json":
+        (data / "dataset_info.json").write_text('{\n  "pairs": {"hf_hub_url": "someone/pairs",}\n}\n')
+        recipe.write_text(yaml.safe_dump(config))
+        needles = ["dataset_info data/dataset_info.json: not valid JSON", "at line 2, column 43"]
+    else:
+        recipe.write_text(yaml.safe_dump({key: value for key, value in config.items() if key != "template"}))
+        needles = [f"recipe {recipe}: no `template`", "`model_name_or_path`", USER_RECIPE["model_name_or_path"]]
+    proc = smoke_in_this_process("--dry_run", recipe, f"--work_dir={tmp_path / 'work'}")
+    one_line_error(proc, "llamafactory-wspo smoke: error: ", *needles)
+    assert not (tmp_path / "work").exists()  # before any swap
+
+
+def test_dry_run_refuses_what_the_stage_refuses(assets, tmp_path: Path, smoke_in_this_process) -> None:
+    r"""A dry run makes the stage's own checks (here: WPO on a data set without pairs), not only the parser's: it
+    fails with the recipe's own error, as the real run would, and says no "ok"."""
+    recipe = tmp_path / "recipe.yaml"
+    config = {**USER_RECIPE, "dataset": "tiny_sft", "eval_dataset": None, "dataset_dir": str(assets / "data")}
+    recipe.write_text(yaml.safe_dump(config))
+    proc = smoke_in_this_process("--dry_run", recipe, f"--work_dir={tmp_path / 'work'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    needle = "FAILED (the recipe's own error): ValueError: `stage: wpo` needs pairwise data sets"
+    assert needle in proc.stderr and "tiny_sft has no pairs" in proc.stderr, proc.stderr[-3000:]
+    assert ": ok" not in proc.stdout and "smoke: 0 of 1 recipe(s) ok" in proc.stdout
+
+
+def _calls(function) -> list[str]:
+    tree = ast.parse(inspect.getsource(function).lstrip())
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            names.append(node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", ""))
+    return names
+
+
+def _calls_before_loading(function) -> list[str]:
+    r"""The functions that ``function`` calls, statement by statement, before its first ``load_tokenizer``."""
+    body = ast.parse(inspect.getsource(function)).body[0].body
+    names = []
+    for statement in body:
+        called = [n.func for n in ast.walk(statement) if isinstance(n, ast.Call)]
+        called = [f.id if isinstance(f, ast.Name) else getattr(f, "attr", "") for f in called]
+        if "load_tokenizer" in called:
+            return names
+        names += called
+    raise AssertionError(f"{function.__name__} loads no tokenizer")
+
+
+def test_dry_run_makes_each_stages_checks():
+    r"""Every check that a plugin stage makes before it loads its tokenizer is one that ``smoke``'s dry run makes."""
+    from llamafactory_wspo.cli.smoke import preflight
+    from llamafactory_wspo.train.grpo.workflow import run_grpo
+    from llamafactory_wspo.train.wpo.workflow import run_wpo
+    from llamafactory_wspo.train.wspo.workflow import run_wspo
+
+    made = set(_calls(preflight))
+    for run in (run_wspo, run_wpo, run_grpo):
+        checks = _calls_before_loading(run)
+        assert checks and set(checks) <= made, (run.__name__, set(checks) - made)

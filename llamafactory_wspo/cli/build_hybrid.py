@@ -1,6 +1,7 @@
 r"""``llamafactory-wspo build-hybrid``: WPO's hybrid preference data (sample, judge, pair), resumable at full scale."""
 
 import asyncio
+import json
 import random
 import re
 import sys
@@ -17,9 +18,19 @@ from .files import (
     read_dataset_info,
     read_jsonl_prefix,
     read_records,
+    write_atomic,
     write_json_atomic,
 )
-from .generate import PromptItem, check_local_model, generate_to_file, make_generator, sampling_config
+from .generate import (
+    OPTIONS_SUFFIX,
+    PromptItem,
+    check_local_model,
+    check_output_options,
+    generate_to_file,
+    make_generator,
+    output_options,
+    sampling_config,
+)
 
 
 PROG = "llamafactory-wspo build-hybrid"
@@ -46,11 +57,13 @@ with one output (on every GPU when there are GPUs, else the CPU; set chosen_min 
 At scale: each prompt's row is appended to <output_dir>/<name>.jsonl as soon as its candidates are scored; running
 the same command again resumes, never scoring a stored prompt again (a kill loses at most the prompts in flight).
 With model_name_or_path the samples are generated first into samples_file (default <output_dir>/<name>.samples.jsonl,
-resumable too; vLLM when installed, else transformers; prompt i samples with seed + i). Judge calls run
-judge_concurrency at a time; timeouts, connection errors, 429 and 5xx are retried judge_max_retries times with
-exponential back-off and jitter; a prompt whose calls still fail is left for the next run (the run ends with exit
-code 1, naming how many); a reply without a score counts as a failed judgment of that candidate, which is left
-out. The dataset_info.json entry <name> is written once every prompt is done.
+resumable with the same sampling options only, as in `generate`; vLLM when installed, else transformers; prompt i
+samples with seed + i). Judge calls run judge_concurrency at a time; timeouts, connection errors, 429 and 5xx are
+retried judge_max_retries times with exponential back-off and jitter; a prompt is stored only when every one of its
+candidates has a score. A prompt with a reply without a score on the 1-6 scale (an HTML page, an error object, no
+`Score: N` line, 6.5, 5/10) is left unjudged for the next run; once a call has failed every retry (the judge is down)
+no new prompt is started. While any prompt is left unjudged the run ends with exit code 1 and one line saying how
+many and why; the dataset_info.json entry <name> is written once every prompt is judged.
 """
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 RESERVED_NAMES = {"dataset_info"}
@@ -144,8 +157,9 @@ def sample_files(pattern: str) -> list[Path]:
     r"""The files of ``samples_file``: one path, or every file matching a glob pattern."""
     import glob
 
-    if any(char in pattern for char in "*?["):
-        return sorted(Path(path) for path in glob.glob(pattern) if Path(path).is_file())
+    if any(char in pattern for char in "*?["):  # not the options records that `generate` writes beside its output
+        paths = (Path(path) for path in glob.glob(pattern) if not path.endswith(OPTIONS_SUFFIX))
+        return sorted(path for path in paths if path.is_file())
     return [Path(pattern)] if Path(pattern).is_file() else []
 
 
@@ -174,8 +188,6 @@ def check_name_is_free(output_dir: Path, name: str) -> None:
 
 
 def json_brief(entry: Any) -> str:
-    import json
-
     text = json.dumps(entry)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -272,12 +284,13 @@ def make_row(
     index: int,
     pair: dict[str, str],
     candidates: Sequence[Candidate],
-    scores: Sequence[float | None],
+    scores: Sequence[float],
     chosen_min: float,
     margin: float,
     seed: int,
 ) -> dict[str, Any]:
-    r"""The data set row of one prompt: a hybrid pair by the rule, or else the prompt's own pair."""
+    r"""The data set row of one prompt whose candidates are all scored: a hybrid pair by the rule, or else the
+    prompt's own pair (source "ultrafeedback")."""
     scored = [Candidate(candidate.text, candidate.origin, score) for candidate, score in zip(candidates, scores)]
     picked = choose_pair(scored, chosen_min, margin, prompt_rng(seed, index))
     row: dict[str, Any] = {"instruction": pair["instruction"], "input": ""}
@@ -288,7 +301,7 @@ def make_row(
         chosen, rejected = picked
         row.update(chosen=chosen.text, rejected=rejected.text, source="hybrid")
         row.update(chosen_score=chosen.score, rejected_score=rejected.score, chosen_origin=chosen.origin)
-    row.update(prompt_index=index, failed_judgments=sum(score is None for score in scores))
+    row.update(prompt_index=index)
     return row
 
 
@@ -311,30 +324,42 @@ def stored_prompts(path: Path, pairs: Sequence[dict[str, str]]) -> tuple[set[int
     return done, length
 
 
+def forget_unjudged_rows(path: Path) -> int:
+    r"""Drop the rows that an earlier version stored with judgments without a score (``failed_judgments`` > 0,
+    their candidates left out), so that they are judged again; the file is replaced atomically."""
+    rows, _ = read_jsonl_prefix(path)
+    kept = [row for row in rows if not row.get("failed_judgments")]
+    if len(kept) < len(rows):
+        write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
+    return len(rows) - len(kept)
+
+
 class Progress:
-    r"""The progress bar of the scoring: done / total, rate, ETA, and the failures so far."""
+    r"""The progress bar of the scoring: done / total, rate, ETA, and the prompts left unjudged so far (by cause:
+    ``unreadable``, a reply without a score; ``unavailable``, no answer after every retry), with the first error
+    of each cause."""
 
     def __init__(self, total: int, done: int, desc: str) -> None:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, initial=done, unit="prompt", desc=desc, dynamic_ncols=True)
-        self.failed_prompts = 0
-        self.failed_judgments = 0
+        self.failed: Counter[str] = Counter()
+        self.first_error: dict[str, str] = {}
 
-    def update(self, row: dict[str, Any] | None) -> None:
-        if row is None:
-            self.failed_prompts += 1
-        else:
-            self.failed_judgments += row["failed_judgments"]
-            self.bar.update(1)
-        self.bar.set_postfix(failed_prompts=self.failed_prompts, failed_judgments=self.failed_judgments, refresh=False)
+    def update(self, row: dict[str, Any]) -> None:
+        self.bar.update(1)
+
+    def fail(self, cause: str, error: BaseException) -> None:
+        self.failed[cause] += 1
+        self.first_error.setdefault(cause, str(error))
+        self.bar.set_postfix(unjudged=sum(self.failed.values()), refresh=False)
 
     def close(self) -> None:
         self.bar.close()
 
 
 async def judge_prompts(args: BuildHybridArguments, pairs, candidates, todo, handle, progress) -> Any:
-    from .judge import Judge, JudgeMisconfigured, JudgeUnavailable
+    from .judge import Judge, JudgeMisconfigured, JudgeUnavailable, JudgeUnreadable
 
     _, url, model = parse_scorer(args.scorer)
     judge = Judge(
@@ -348,8 +373,10 @@ async def judge_prompts(args: BuildHybridArguments, pairs, candidates, todo, han
         args.seed,
     )
     pending = iter(todo)
+    judge_down = False
 
     async def judge_one(index: int) -> None:
+        nonlocal judge_down
         instruction = pairs[index]["instruction"]
         results = await asyncio.gather(
             *(judge.score(instruction, candidate.text) for candidate in candidates[index]), return_exceptions=True
@@ -357,17 +384,23 @@ async def judge_prompts(args: BuildHybridArguments, pairs, candidates, todo, han
         for result in results:
             if isinstance(result, JudgeMisconfigured):
                 raise CliError(str(result))
-            if isinstance(result, BaseException) and not isinstance(result, JudgeUnavailable):
+            if isinstance(result, BaseException) and not isinstance(result, (JudgeUnavailable, JudgeUnreadable)):
                 raise result
-        if any(isinstance(result, JudgeUnavailable) for result in results):
-            progress.update(None)  # left for the next run
-            return
+        # a prompt is stored only with every candidate scored: a missing score is no fall-back, the next run retries
+        for cause, kind in (("unavailable", JudgeUnavailable), ("unreadable", JudgeUnreadable)):
+            failure = next((result for result in results if isinstance(result, kind)), None)
+            if failure is not None:
+                judge_down = judge_down or cause == "unavailable"
+                progress.fail(cause, failure)
+                return
         row = make_row(index, pairs[index], candidates[index], results, args.chosen_min, args.margin, args.seed)
         append_records(handle, [row])
         progress.update(row)
 
     async def worker() -> None:
         for index in pending:  # one shared iterator: each prompt goes to one worker
+            if judge_down:  # every retry of a call failed: the prompts not started yet are left for the next run
+                break
             await judge_one(index)
 
     async with judge:
@@ -401,13 +434,17 @@ def score_with_reward_model(args: BuildHybridArguments, pairs, candidates, todo,
     return scorer.describe()
 
 
+def policy_prompts(pairs: Sequence[dict[str, str]]) -> list[PromptItem]:
+    return [
+        PromptItem([{"role": "user", "content": pair["instruction"]}], index=index) for index, pair in enumerate(pairs)
+    ]
+
+
 def sample_policy(args: BuildHybridArguments, pairs: Sequence[dict[str, str]]) -> None:
     r"""Generate the policy samples into ``samples_path`` (resuming what is there), then free the model."""
     import gc
 
-    items = [
-        PromptItem([{"role": "user", "content": pair["instruction"]}], index=index) for index, pair in enumerate(pairs)
-    ]
+    items = policy_prompts(pairs)
     max_model_len = args.cutoff_len + args.max_new_tokens if args.cutoff_len else None
     generator = make_generator(args, max_model_len)
     generate_to_file(
@@ -435,6 +472,17 @@ def run(args: BuildHybridArguments) -> int:
     pairs = load_pairs(args.pairs, args.pairs_split, args.max_prompts)
     output = args.output_file
     done, length = stored_prompts(output, pairs)
+    if args.model_name_or_path is not None:  # samples of other options or prompts are refused before the model loads
+        items = policy_prompts(pairs)
+        check_output_options(
+            args.samples_path, output_options(args), PROG, items, args.num_samples, "another --samples_file"
+        )
+    forgotten = forget_unjudged_rows(output)
+    if forgotten:
+        print(
+            f"{output}: prompts that an earlier version stored with judgments without a score, judged again: {forgotten}"
+        )
+        done, length = stored_prompts(output, pairs)
     if args.model_name_or_path is not None:
         sample_policy(args, pairs)
     samples: dict[str, list[str]] = {}
@@ -473,13 +521,9 @@ def run(args: BuildHybridArguments) -> int:
         f"{output}: {len(rows)} of {len(pairs)} prompts: {sources['hybrid']} hybrid (chosen from policy "
         f"{origins['policy']}, outside {origins['outside']}), {sources['ultrafeedback']} kept their pair; {used}"
     )
-    if progress.failed_judgments:
-        print(f"{progress.failed_judgments} judgments gave no score; those candidates were left out", file=sys.stderr)
-    if progress.failed_prompts:
+    if len(rows) < len(pairs):
         print(
-            f"{progress.failed_prompts} prompts could not be scored (the judge did not answer after "
-            f"{args.judge_max_retries} retries); run the same command again to finish them",
-            file=sys.stderr,
+            f"{PROG}: error: {unjudged_message(args, len(pairs) - len(rows), len(pairs), progress)}", file=sys.stderr
         )
         return 1
 
@@ -491,6 +535,24 @@ def run(args: BuildHybridArguments) -> int:
         write_json_atomic(info_path, info)
     print(f"data set `{args.name}` -> {info_path}")
     return 0
+
+
+def unjudged_message(args: BuildHybridArguments, left: int, total: int, progress: Progress) -> str:
+    r"""One line: how many prompts are left unjudged, why (the first error of each cause), and what to do."""
+    causes = []
+    if progress.failed["unavailable"]:
+        causes.append(
+            f"{progress.failed['unavailable']} without an answer, and no new prompt started after the first: "
+            f"{progress.first_error['unavailable']}"
+        )
+    if progress.failed["unreadable"]:
+        causes.append(f"{progress.failed['unreadable']} without a score: {progress.first_error['unreadable']}")
+    why = f" ({'; '.join(causes)})" if causes else ""
+    return (
+        f"{left} of {total} prompts are left unjudged{why}. Run the same command again to judge exactly those once "
+        f"the judge answers with scores; the dataset_info.json entry `{args.name}` is written when every prompt is "
+        "judged"
+    )
 
 
 def main(argv: Sequence[str]) -> int:

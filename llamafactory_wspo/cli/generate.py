@@ -1,5 +1,8 @@
 r"""``llamafactory-wspo generate``: responses to a set of prompts, vLLM when installed, transformers otherwise."""
 
+import dataclasses
+import json
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -7,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .args import CliError, option, parse_args, run_command
-from .files import append_records, open_resumable, read_jsonl_prefix, read_records
+from .files import append_records, open_resumable, read_jsonl_prefix, read_records, write_json_atomic
 
 
 if TYPE_CHECKING:
@@ -33,7 +36,10 @@ messages. `label_key` (default `output` when present) is copied as the label.
 Output: one JSON line per prompt, in input order: {"instruction", "prompt" (templated text), "predict" (a string, or
 a list of num_samples strings), "label"}. Each batch is appended as soon as it is done, so a killed run keeps what
 it finished; running the same command again resumes after the last complete line. Each prompt samples with its
-own seed (seed + its index), so a resumed run writes what an uninterrupted one would.
+own seed (seed + its index), so a resumed run writes what an uninterrupted one would. What determines the output
+(the model's and adapter's path and files, template, system, cutoff_len, back-end, dtype, num_samples, temperature,
+top_p, max_new_tokens, seed) is recorded in <output_file>.options.json before the first row; a run with other values
+stops with one line naming them instead of resuming (overwrite=true or another output_file starts afresh).
 
 On several GPUs, one process per GPU, each with its shard (num_shards=8 shard_index=0..7, CUDA_VISIBLE_DEVICES=i)
 and its own output_file; a prompt's samples do not depend on the sharding.
@@ -219,6 +225,140 @@ def resume_point(path: Path, items: Sequence[PromptItem], num_samples: int) -> t
     return len(rows), length
 
 
+OPTIONS_SUFFIX = ".options.json"
+OPTIONS_FORMAT = 1
+# Keys that a later version adds to the record, with the value that a record written before them stands for (e.g.
+# "benchmark": None). A key neither record has, or absent from both this table and an older record, reads as None.
+OPTIONS_ADDED: dict[str, Any] = {}
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".tiktoken", ".txt")
+NOT_MODEL_FILES = frozenset(
+    {"trainer_state.json", "all_results.json", "train_results.json", "eval_results.json", "predict_results.json"}
+)
+
+
+def options_path(output: Path) -> Path:
+    r"""The record of what determines ``output``'s rows: ``<output>.options.json``."""
+    return output.with_name(output.name + OPTIONS_SUFFIX)
+
+
+def model_identity(name_or_path: str | None) -> dict[str, Any] | None:
+    r"""A model's identity, cheap enough for every run: a local folder's resolved path and the size and
+    modification time (ns) of its weight, configuration and tokenizer files (top level); a hub id by its name."""
+    if not name_or_path:
+        return None
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():
+        return {"hub_id": name_or_path}
+    files = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.suffix in MODEL_FILE_SUFFIXES and entry.name not in NOT_MODEL_FILES and entry.is_file():
+            stat = entry.stat()  # through links (a hub snapshot links to its blobs)
+            files[entry.name] = [stat.st_size, stat.st_mtime_ns]
+    return {"path": str(folder.resolve()), "files": files}
+
+
+def adapters_identity(adapters: str | None) -> Any:
+    r"""The identity of LLaMA-Factory's ``adapter_name_or_path`` (one adapter, or several joined by commas)."""
+    if not adapters:
+        return None
+    identities = [model_identity(adapter.strip()) for adapter in adapters.split(",")]
+    return identities[0] if len(identities) == 1 else identities
+
+
+def output_options(args: Any) -> dict[str, Any]:
+    r"""What determines the rows that ``generate`` (or ``build-hybrid``'s sampling) writes, keyed by option name.
+
+    Not recorded: what leaves every row as it is (batch_size, shards, max_samples: the rows themselves are checked
+    against the prompts), and under greedy decoding (temperature 0) top_p and seed, which it does not use.
+    """
+    from ..inference import resolve_backend
+
+    sampling = dataclasses.asdict(sampling_config(args))
+    if sampling["temperature"] == 0:
+        sampling.update(top_p=None, seed=None)
+    return {
+        "model_name_or_path": model_identity(args.model_name_or_path),
+        "adapter_name_or_path": adapters_identity(getattr(args, "adapter_name_or_path", None)),
+        "template": args.template,
+        "system": getattr(args, "system", None),
+        "cutoff_len": args.cutoff_len,
+        "infer_backend": resolve_backend(args.infer_backend),
+        "infer_dtype": args.infer_dtype,
+        **sampling,
+    }
+
+
+def describe_change(name: str, old: Any, new: Any) -> str:
+    r"""``--temperature (0.7 then, 1.0 now)``; for a model, what about it changed."""
+    if isinstance(old, dict) and isinstance(new, dict) and old.get("path") and old.get("path") == new.get("path"):
+        old_files, new_files = old.get("files", {}), new.get("files", {})
+        changed = sorted(set(old_files) ^ set(new_files)) + [
+            file for file in sorted(set(old_files) & set(new_files)) if old_files[file] != new_files[file]
+        ]
+        return f"--{name} (the files of {new['path']} changed since: {', '.join(changed[:3])})"
+
+    def show(value: Any) -> str:
+        if isinstance(value, dict):
+            return value.get("path") or value.get("hub_id") or json.dumps(value)
+        return "none" if value is None else str(value)
+
+    return f"--{name} ({show(old)} then, {show(new)} now)"
+
+
+def options_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    r"""The options whose values differ between two records, described (empty when they match)."""
+    changes = []
+    for name in [*new, *(key for key in old if key not in new)]:
+        before = old.get(name, OPTIONS_ADDED.get(name))
+        after = new.get(name, OPTIONS_ADDED.get(name))
+        if before != after:
+            changes.append(describe_change(name, before, after))
+    return changes
+
+
+def check_output_options(
+    output: Path,
+    options: dict[str, Any],
+    prog: str,
+    items: Sequence[PromptItem],
+    num_samples: int,
+    fresh: str = "overwrite=true, another --output_file",
+) -> None:
+    r"""Resume ``output`` only with the options and prompts it was started with; run before any model loads.
+
+    A file without complete rows gets a fresh record (written atomically, before the first row). One with rows is
+    checked against its record (a difference is a :class:`CliError` naming each option and, from ``fresh``, how to
+    start afresh), then its rows against the prompts (:func:`resume_point`); a file written before records existed
+    resumes with one warning that its options cannot be checked.
+    """
+    record_path = options_path(output)
+    rows, _ = read_jsonl_prefix(output)
+    if not rows:
+        write_json_atomic(record_path, {"format": OPTIONS_FORMAT, "command": prog, "options": options})
+        return
+    if not record_path.is_file():
+        resume_point(output, items, num_samples)
+        print(
+            f"{prog}: warning: {output} has no record of its options ({record_path.name}; written by an earlier "
+            f"version): they cannot be checked; resuming its {len(rows)} rows with these options",
+            file=sys.stderr,
+        )
+        return
+    try:
+        old = json.loads(record_path.read_text(encoding="utf-8"))["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CliError(
+            f"{record_path} is damaged: delete it to resume {output} unchecked, or delete both to start afresh"
+        ) from None
+    changes = options_mismatch(old, options)
+    if changes:
+        raise CliError(
+            f"{output} was started with other options: {'; '.join(changes)}. Give the same options to resume it, or "
+            f"start afresh: {fresh}, or delete {output} and {record_path.name}"
+        )
+    resume_point(output, items, num_samples)
+
+
 def generate_to_file(
     generator: "Generator",
     items: Sequence[PromptItem],
@@ -295,7 +435,9 @@ def run(args: GenerateArguments) -> int:
     output = Path(args.output_file)
     if args.overwrite:
         output.unlink(missing_ok=True)
-    resume_point(output, items, args.num_samples)  # a mismatching file is refused before the model loads
+        options_path(output).unlink(missing_ok=True)
+    # a file of other options or other prompts is refused before the model loads
+    check_output_options(output, output_options(args), PROG, items, args.num_samples)
 
     max_model_len = args.cutoff_len + args.max_new_tokens if args.cutoff_len else None
     generator = make_generator(args, max_model_len)

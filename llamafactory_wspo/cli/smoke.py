@@ -32,8 +32,10 @@ Every key of the recipe is kept except:
   pairwise or not, the same columns and tags); existing local files are kept (max_samples rows);
 - deepspeed, bf16/fp16, flash attention (fa2 -> sdpa), liger kernel and unsloth -> off; max_steps -> 1;
   output_dir, logps_cache_dir and dataset_dir -> the work folder; report_to -> none; preprocessing workers -> none.
-Each swap is printed. A wrong key fails with the recipe's own error (LLaMA-Factory's parser, exit code 2); a failed
-run exits with code 1. Several recipes run one after the other in this process.
+Each swap is printed. A recipe that names a model to swap needs `template`. A wrong key, or an argument that the
+stage refuses before it loads a model, fails with the recipe's own error (LLaMA-Factory's parser and the stage's own
+checks, also in a dry run; exit code 2); a failed run exits with code 1. Several recipes run one after the other in
+this process.
 """
 MODEL_KEYS = ("model_name_or_path", "ref_model", "reward_model", "weak_base_model", "weak_aligned_model")
 WEAK_KEYS = ("weak_base_model", "weak_aligned_model")
@@ -53,7 +55,8 @@ WORDS = (
 @dataclass
 class SmokeArguments:
     recipes: list[str] = option(help="Recipe YAML files (paths, or paths inside the shipped yaml_recipes/).")
-    dry_run: bool = option(False, help="Swap and parse with LLaMA-Factory's parser; do not train.")
+    dry_run: bool = option(False, help="Swap, parse with LLaMA-Factory's parser and make the checks that the run "
+                           "makes before it loads a model; do not train.")  # fmt: skip
     work_dir: str | None = option(None, help="Folder for the tiny models, data and outputs (default: a temporary "
                                   "folder, removed at the end).")  # fmt: skip
     num_rows: int | None = option(None, help="Rows per swapped data set (default: two optimiser steps' worth, >= 16).")
@@ -90,16 +93,62 @@ def find_recipe(name: str) -> Path:
     raise CliError(f"recipe {name}: no such file (nor a shipped recipe: `llamafactory-wspo recipes list`)")
 
 
+def read_text(path: Path, what: str) -> str:
+    r"""The text of ``path``; one :class:`CliError` naming ``what`` and the file if it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise CliError(
+            f"{what} {path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at byte offset {err.start}): save it "
+            "as UTF-8"
+        ) from None
+
+
 def load_recipe(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     import yaml
 
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        config = yaml.safe_load(read_text(path, "recipe")) or {}
     except yaml.YAMLError as err:
         raise CliError(f"recipe {path}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(config, dict):
         raise CliError(f"recipe {path}: expected a mapping of LLaMA-Factory arguments")
     return {**config, **overrides}
+
+
+def check_recipe(config: dict[str, Any], recipe: Path) -> None:
+    r"""What smoke itself needs of a recipe, for every recipe before any run (one :class:`CliError`): a ``template``
+    where a model must be swapped (the tiny model's family comes from it), and a readable ``dataset_info.json``."""
+    local = [key for key in MODEL_KEYS if isinstance(config.get(key), str) and os.path.exists(config[key])]
+    swapped = [key for key in MODEL_KEYS if config.get(key) and key not in local]
+    if swapped and not config.get("template"):
+        raise CliError(
+            f"recipe {recipe}: no `template`: smoke replaces {', '.join(f'`{key}`' for key in swapped)} with a tiny "
+            "model of the template's family, and the run would otherwise load the real model; add the chat template "
+            f"of {config[swapped[0]]} to the recipe (e.g. `template: qwen`), or give it after the recipe "
+            "(`template=qwen`)"
+        )
+    dataset_info(config, recipe)
+
+
+def dataset_info(config: dict[str, Any], recipe: Path) -> tuple[Path, dict[str, Any]] | None:
+    r"""``(dataset_dir, its dataset_info.json)`` of a recipe that names data sets, if the file exists (one
+    :class:`CliError` naming the file if it is not UTF-8 JSON holding a mapping); ``None`` otherwise."""
+    if not any(config.get(key) for key in ("dataset", "eval_dataset")):
+        return None
+    source_dir = resolve_relative(str(config.get("dataset_dir", "data")), recipe)
+    if source_dir is None or not (source_dir / "dataset_info.json").is_file():
+        return None
+    path = source_dir / "dataset_info.json"
+    try:
+        info = json.loads(read_text(path, "dataset_info"))
+    except json.JSONDecodeError as err:
+        raise CliError(
+            f"dataset_info {path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): fix the file"
+        ) from None
+    if not isinstance(info, dict):
+        raise CliError(f"dataset_info {path}: expected a mapping of data set names to their entries")
+    return source_dir, info
 
 
 def resolve_relative(value: str, recipe: Path) -> Path | None:
@@ -270,11 +319,11 @@ def swap_data(swap: Swap, recipe: Path, data_dir: Path, num_rows: int) -> None:
     ]
     if not names:
         return
-    source_dir = resolve_relative(str(config.get("dataset_dir", "data")), recipe)
-    if source_dir is None or not (source_dir / "dataset_info.json").is_file():
+    found = dataset_info(config, recipe)
+    if found is None:
         swap.notes.append(f"dataset_dir {config.get('dataset_dir', 'data')}: no dataset_info.json found; data kept")
         return
-    info = json.loads((source_dir / "dataset_info.json").read_text(encoding="utf-8"))
+    source_dir, info = found
     new_info: dict[str, Any] = {}
     data_dir.mkdir(parents=True, exist_ok=True)
     for name in dict.fromkeys(names):
@@ -371,11 +420,49 @@ def fresh_run_state() -> Iterator[None]:
 
 
 def parse_recipe(config: dict[str, Any]) -> None:
-    r"""LLaMA-Factory's own parser (the plugin's arguments included): raises the recipe's own error."""
+    r"""LLaMA-Factory's own parser (the plugin's arguments included), then the checks that the run makes before it
+    loads anything (:func:`preflight`): raises the recipe's own error."""
     from llamafactory.hparams import get_train_args
 
     with fresh_run_state():
-        get_train_args(dict(config))
+        preflight(*get_train_args(dict(config))[:4])
+
+
+def preflight(model_args, data_args, training_args, finetuning_args) -> None:
+    r"""The checks that a run of the recipe's stage makes before it loads a tokenizer or model, by the same functions
+    and in the same order as the stage's workflow (``run_wspo``, ``run_wpo``, ``run_grpo``; ``tests/test_smoke.py``
+    checks that each of their checks is made here), so that a dry run refuses what the real run would refuse first.
+    For every stage, the data sets must be defined in ``dataset_info.json`` (LLaMA-Factory's own look-up)."""
+    from llamafactory.data.parser import get_dataset_list
+
+    get_dataset_list((data_args.dataset or []) + (data_args.eval_dataset or []), data_args.dataset_dir)
+    stage = finetuning_args.stage
+    if stage not in ("wspo", "wpo", "grpo"):
+        return
+
+    from ..train.trainer_utils import check_model_paths
+
+    if stage == "wspo":
+        from ..data import check_wspo_data
+        from ..train.wspo.workflow import WSPO_MODEL_KEYS
+
+        check_model_paths(model_args, finetuning_args, WSPO_MODEL_KEYS)
+        check_wspo_data(data_args, finetuning_args)
+    elif stage == "wpo":
+        from ..train.wpo.workflow import check_wpo_data
+
+        check_model_paths(model_args, finetuning_args)
+        check_wpo_data(data_args, finetuning_args.pref_loss == "kto")
+    else:
+        from ..extras.compat import fix_trl_availability_flags
+        from ..train.grpo.rewards import resolve_reward_funcs
+
+        check_model_paths(model_args, finetuning_args, ())
+        resolve_reward_funcs(finetuning_args)
+        fix_trl_availability_flags()  # before TRL's GRPO module is imported, as the stage dispatch does
+        from ..train.grpo.trainer import build_grpo_config
+
+        build_grpo_config(training_args, finetuning_args)
 
 
 def train_recipe(config: dict[str, Any]) -> dict[str, Any]:
@@ -410,6 +497,8 @@ def run(args: SmokeArguments, overrides: dict[str, Any]) -> int:
     prepare_process(args.verbose)
     recipes = [find_recipe(name) for name in args.recipes]
     configs = [load_recipe(recipe, overrides) for recipe in recipes]
+    for recipe, config in zip(recipes, configs):
+        check_recipe(config, recipe)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="llamafactory-wspo-smoke-"))
     models = TinyModels(work / "models")
     failures = {"parse": 0, "run": 0}
@@ -429,7 +518,7 @@ def run(args: SmokeArguments, overrides: dict[str, Any]) -> int:
                 print(f"   FAILED (the recipe's own error): {type(err).__name__}: {err}", file=sys.stderr)
                 continue
             if args.dry_run:
-                print("   parsed by LLaMA-Factory's parser: ok")
+                print("   parsed by LLaMA-Factory's parser, the stage's checks hold: ok")
                 continue
             try:
                 result = train_recipe(swap.config)

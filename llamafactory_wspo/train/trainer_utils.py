@@ -1,4 +1,5 @@
-"""Helpers shared by the plugin stages' workflows: argument checks, the precompute pass, the training loop."""
+"""Helpers shared by the plugin stages' workflows: argument checks, the precompute pass, the per-step frozen models,
+the training loop."""
 
 import os
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from ..precompute import precompute_logps
 
 if TYPE_CHECKING:
     import torch
+    from accelerate import Accelerator
     from datasets import Dataset
     from llamafactory.hparams import ModelArguments
     from transformers import Seq2SeqTrainingArguments
@@ -67,6 +69,39 @@ def precompute_frozen_logps(
         show_progress=training_args.should_log,
         response_only=finetuning_args.response_only_logits,
     )
+
+
+def prepare_frozen_model(model: "torch.nn.Module", accelerator: "Accelerator") -> "torch.nn.Module":
+    r"""A frozen model that runs at every step (WSPO's per-step models, WPO's reference), prepared for inference as
+    LLaMA-Factory's DPO and KTO trainers prepare their reference model.
+
+    The same branches in the same order: dropout off; under DeepSpeed, TRL's ``prepare_deepspeed`` (the frozen copy
+    sharded only under ZeRO-3), except for 4- and 8-bit models, which bitsandbytes has already placed on their
+    device; under FSDP, ``fsdp2_prepare_model`` or TRL's ``prepare_fsdp``; otherwise ``prepare_model`` in evaluation
+    mode (placed on the device, never wrapped for gradient synchronisation). DeepSpeed and FSDP are read from the
+    accelerator's state as ``Trainer.is_deepspeed_enabled`` and ``Trainer.is_fsdp_enabled`` read them.
+    """
+    from trl.models.utils import prepare_deepspeed, prepare_fsdp
+    from trl.trainer.utils import disable_dropout_in_model
+
+    disable_dropout_in_model(model)
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
+            return model
+
+        return prepare_deepspeed(model, accelerator)
+
+    if getattr(accelerator.state, "fsdp_plugin", None) is not None:
+        if accelerator.is_fsdp2:
+            from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+            return fsdp2_prepare_model(accelerator, model)
+
+        return prepare_fsdp(model, accelerator)
+
+    model = accelerator.prepare_model(model, evaluation_mode=True)
+    model.eval()
+    return model
 
 
 def train_and_evaluate(

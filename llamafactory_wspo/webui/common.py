@@ -7,7 +7,14 @@ from typing import Any
 UI_STAGES = {"WSPO": "wspo", "WPO": "wpo", "GRPO": "grpo"}
 # The plugin's elements in the Train tab, per stage; each is registered as `train.<name>` and named like its argument.
 STAGE_FIELDS = {
-    "wspo": ("weak_base_model", "weak_aligned_model", "weak_template", "wspo_response", "precompute_logps"),
+    "wspo": (
+        "weak_base_model",
+        "weak_aligned_model",
+        "weak_template",
+        "wspo_response",
+        "wspo_shift_warning",
+        "precompute_logps",
+    ),
     "wpo": ("wpo_alignment", "wpo_weighting", "precompute_logps"),
     "grpo": (
         "grpo_reward_funcs",

@@ -61,6 +61,28 @@ LOCALES: dict[str, dict[str, dict[str, str]]] = {
         "ko": {"label": "응답", "info": "쌍 데이터셋에서 학습할 응답 (SFT 데이터: 해당 응답)."},
         "ja": {"label": "応答", "info": "ペアワイズデータセットのどの応答で学習するか（SFT データはその応答）。"},
     },
+    "wspo_shift_warning": {
+        "en": {
+            "label": "Weak shift warning",
+            "info": "Warn when the weak shift's mean |w_t| exceeds this many nats per response token.",
+        },
+        "ru": {
+            "label": "Порог сдвига слабой модели",
+            "info": "Предупреждать, если среднее |w_t| сдвига слабой модели больше стольких нат на токен ответа.",
+        },
+        "zh": {
+            "label": "弱模型偏移警告阈值",
+            "info": "当弱模型偏移的平均 |w_t| 超过每个回复词元这么多奈特时发出警告。",
+        },
+        "ko": {
+            "label": "약한 모델 이동 경고",
+            "info": "약한 모델 이동의 평균 |w_t|가 응답 토큰당 이 값(nat)을 넘으면 경고합니다.",
+        },
+        "ja": {
+            "label": "弱いモデルのシフト警告",
+            "info": "弱いモデルのシフトの平均 |w_t| が応答トークンあたりこの値（nat）を超えると警告します。",
+        },
+    },
     "wpo_alignment": {
         "en": {"label": "WPO alignment", "info": "How the weight aligns log-probs with the policy's outputs."},
         "ru": {"label": "Выравнивание WPO", "info": "Как вес согласует log-вероятности с выходами политики."},

@@ -6,7 +6,9 @@ The answer depends only on the graded response, so every run sees the same judgm
 * a response containing ``garbage`` gets a body that is not JSON, ``nochoices`` a JSON body without ``choices``,
   ``noscore`` an answer without ``Score: N``;
 * ``flaky500`` gets HTTP 500 on its first request, ``flaky429`` HTTP 429 (``Retry-After: 0``) on its first two;
-  the requests after that are answered normally.
+  the requests after that are answered normally;
+* with ``broken_after=N``, every request after the first N gets ``broken_reply`` (status 200): a judge that turns
+  bad mid-run (an HTML page from a proxy, an error object, an answer off the scale).
 
 Every request is recorded (``requests``: the graded response and the user request of each).
 """
@@ -22,6 +24,11 @@ def judge_score(response: str) -> int:
     return min(6, len(response.split()))
 
 
+def chat_reply(answer: str) -> bytes:
+    r"""A chat-completions body whose answer is ``answer``."""
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+
+
 def graded(prompt: str) -> tuple[str, str]:
     r"""``(user request, graded response)`` of the judge prompt that build-hybrid sends."""
     request = prompt.split("[User request]\n", 1)[1].split("\n\n[Assistant answer]", 1)[0]
@@ -30,7 +37,11 @@ def graded(prompt: str) -> tuple[str, str]:
 
 
 class FakeJudge:
-    def __init__(self, port: int = 0, delay: float = 0.0) -> None:
+    def __init__(
+        self, port: int = 0, delay: float = 0.0, broken_after: int | None = None, broken_reply: bytes = b""
+    ) -> None:
+        self.broken_after = broken_after
+        self.broken_reply = broken_reply
         self.requests: list[tuple[str, str]] = []
         self.attempts: Counter[str] = Counter()
         self.delay = delay
@@ -38,7 +49,7 @@ class FakeJudge:
         self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)  # quick stop
         self.thread.start()
 
     @property
@@ -55,6 +66,9 @@ class FakeJudge:
             self.requests.append((request, response))
             self.attempts[response] += 1
             attempt = self.attempts[response]
+            broken = self.broken_after is not None and len(self.requests) > self.broken_after
+        if broken:
+            return 200, self.broken_reply, {}
         if "flaky500" in response and attempt == 1:
             return 500, b'{"error": "internal"}', {}
         if "flaky429" in response and attempt <= 2:
@@ -64,8 +78,7 @@ class FakeJudge:
         if "nochoices" in response:
             return 200, b'{"object": "error"}', {}
         answer = "No grade." if "noscore" in response else f"Reasonable.\nScore: {judge_score(response)}"
-        body = {"choices": [{"message": {"role": "assistant", "content": answer}}]}
-        return 200, json.dumps(body).encode(), {}
+        return 200, chat_reply(answer), {}
 
     def _handler(self):
         judge = self

@@ -1,7 +1,7 @@
 """``CustomWPOKTOTrainer``: the KTO form of WPO, LLaMA-Factory's KTO trainer with WPO's sequence weights."""
 
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
 from llamafactory.train.kto.trainer import CustomKTOTrainer
@@ -12,6 +12,7 @@ from ...precompute import KL_PREFIX, REF_LOGPS
 from ...scoring import score_tokens
 from ..callbacks import WPOWeightsCallback
 from ..guards import FiniteLossMixin
+from ..trainer_utils import prepare_frozen_model
 
 
 if TYPE_CHECKING:
@@ -38,8 +39,11 @@ class CustomWPOKTOTrainer(FiniteLossMixin, CustomKTOTrainer):
     :class:`KTOOutputs` in the batch's order, where LLaMA-Factory's KTO trainer returns tuples split by tag.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, model: "PreTrainedModel", ref_model: Optional["PreTrainedModel"] = None, **kwargs) -> None:
+        super().__init__(model=model, ref_model=None, **kwargs)
+        if ref_model is not None:  # prepared as the WSPO stage prepares its per-step frozen models
+            self.ref_model = prepare_frozen_model(ref_model, self.accelerator)
+
         self.alignment = self.finetuning_args.wpo_alignment
         self._weights: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
         self.weights_callback = WPOWeightsCallback(self.accelerator) if self.finetuning_args.plot_loss else None

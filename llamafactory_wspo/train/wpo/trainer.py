@@ -1,6 +1,6 @@
 """``CustomWPOTrainer``: LLaMA-Factory's DPO trainer with WPO's pair weights."""
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 from llamafactory.train.dpo.trainer import CustomDPOTrainer
@@ -13,6 +13,7 @@ from ...scoring import score_tokens
 from ..callbacks import WPOWeightsCallback
 from ..guards import FiniteLossMixin
 from ..metrics import PreferenceMetricsMixin
+from ..trainer_utils import prepare_frozen_model
 
 
 if TYPE_CHECKING:
@@ -26,11 +27,15 @@ class CustomWPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomDPOTrainer
     r"""Every ``pref_loss`` of the DPO stage, each pair's term multiplied by its WPO weight.
 
     The weight comes from the policy's own logits in the forward pass that the loss needs anyway, without
-    gradient. With precomputed reference log-probs (``REF_LOGPS`` in the batch) no reference model runs.
+    gradient. With precomputed reference log-probs (``REF_LOGPS`` in the batch) no reference model runs; a reference
+    model that runs per step is prepared by :func:`~llamafactory_wspo.train.trainer_utils.prepare_frozen_model`.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, model: "PreTrainedModel", ref_model: Optional["PreTrainedModel"] = None, **kwargs) -> None:
+        super().__init__(model=model, ref_model=None, **kwargs)
+        if ref_model is not None:  # prepared as the WSPO stage prepares its per-step frozen models
+            self.ref_model = prepare_frozen_model(ref_model, self.accelerator)
+
         self.alignment = self.finetuning_args.wpo_alignment
         self.weighting = self.finetuning_args.wpo_weighting
         if self.loss_type == "bco_pair" and not hasattr(self, "running"):  # TRL's reward baseline for bco_pair

@@ -5,15 +5,16 @@ from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 from llamafactory.train.pt.trainer import CustomTrainer
-from trl.models.utils import prepare_deepspeed
 from trl.trainer.utils import disable_dropout_in_model
 from typing_extensions import override
 
 from ...losses import response_mask, sft_loss, wspo_loss
 from ...precompute import REF_LOGPS, WEAK_SHIFT
 from ...scoring import TokenScores, score_tokens
+from ...shift_stats import token_mean
 from ..guards import FiniteLossMixin
 from ..metrics import PreferenceMetricsMixin
+from ..trainer_utils import prepare_frozen_model
 from .cross import PROJECTION_COLUMNS, pop_weak_batch, project_per_step, projection_metrics
 
 
@@ -61,7 +62,7 @@ class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
         self.ftx = finetuning_args.pref_ftx
         self.storage_dtype = storage_dtype
         self.frozen_models = {
-            name: self._prepare_frozen(model)
+            name: prepare_frozen_model(model, self.accelerator)
             for name, model in (
                 ("weak_base", weak_base_model),
                 ("weak_aligned", weak_aligned_model),
@@ -69,15 +70,6 @@ class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
             )
             if model is not None
         }
-
-    def _prepare_frozen(self, model: "PreTrainedModel") -> "torch.nn.Module":
-        disable_dropout_in_model(model)
-        if self.is_deepspeed_enabled:
-            return prepare_deepspeed(model, self.accelerator)
-
-        model = self.accelerator.prepare_model(model, evaluation_mode=True)
-        model.eval()
-        return model
 
     def _logps(self, model: "torch.nn.Module", batch: dict[str, torch.Tensor]) -> TokenScores:
         return score_tokens(model, batch, response_only=self.finetuning_args.response_only_logits)
@@ -129,6 +121,7 @@ class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
         prefix = "eval_" if train_eval == "eval" else ""
         metrics = {
             f"{prefix}wspo/fit_mse": fit.mean().item(),
+            f"{prefix}wspo/weak_shift_mean": token_mean(weak_shift, mask),
             f"{prefix}wspo/weak_logratio": ((weak_shift * mask).sum(-1) / num_tokens).mean().item(),
             f"{prefix}wspo/strong_logratio": (((policy_logps - ref_logps) * mask).sum(-1) / num_tokens).mean().item(),
             f"{prefix}logps/chosen": policy_logps.sum(-1).mean().item(),

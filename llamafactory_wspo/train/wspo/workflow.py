@@ -11,6 +11,7 @@ from ...data import SFTDataCollatorWithLogps, check_wspo_data, get_wspo_dataset,
 from ...data.cross import cross_tokenizer_side
 from ...frozen import check_embedding_sizes, frozen_models
 from ...logging import get_logger
+from ...shift_stats import report as report_weak_shift
 from ..trainer_utils import check_model_paths, precompute_frozen_logps, train_and_evaluate
 from .cross import projected_targets
 from .trainer import CustomWSPOTrainer, wspo_targets
@@ -85,6 +86,7 @@ def run_wspo(
                 **(weak_side.cache_key() if weak_side else {}),
             },
         )
+        report_weak_shift(store.statistics, finetuning_args.wspo_shift_warning, finetuning_args.pref_beta)
 
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
     per_step_models = {}

@@ -5,7 +5,7 @@ import functools
 from typing import Any
 
 from ... import integration
-from ...hparams import WPO_ALIGNMENTS, WPO_WEIGHTINGS, WSPO_RESPONSES
+from ...hparams import WPO_ALIGNMENTS, WPO_WEIGHTINGS, WSPO_RESPONSES, WSPOArguments
 from ..common import ELEM_ID_PREFIX, FIELDS, STAGE_FIELDS, TAB, get_stage, localize
 from ..locales import TAB_LABELS, WSPO_PREF_BETA
 
@@ -102,6 +102,9 @@ def _create_plugin_elems() -> dict[str, Any]:
             wspo_response = gr.Dropdown(
                 choices=list(WSPO_RESPONSES), value="chosen", scale=1, visible=False, elem_id=elem_id("wspo_response")
             )
+            wspo_shift_warning = gr.Number(  # nats per token; the default of the argument
+                value=WSPOArguments.wspo_shift_warning, scale=1, visible=False, elem_id=elem_id("wspo_shift_warning")
+            )
             wpo_alignment = gr.Dropdown(
                 choices=list(WPO_ALIGNMENTS), value="sampled", scale=1, visible=False, elem_id=elem_id("wpo_alignment")
             )
@@ -117,6 +120,7 @@ def _create_plugin_elems() -> dict[str, Any]:
         "weak_aligned_model": weak_aligned_model,
         "weak_template": weak_template,
         "wspo_response": wspo_response,
+        "wspo_shift_warning": wspo_shift_warning,
         "wpo_alignment": wpo_alignment,
         "wpo_weighting": wpo_weighting,
         "precompute_logps": precompute_logps,
