@@ -2,38 +2,27 @@
 
 import gc
 import json
-import os
 import subprocess
 import weakref
-from pathlib import Path
 
 import pytest
 import torch.distributed as dist
 import yaml
+from helpers.teardown_ranks import gloo_threads
 from helpers.train import BIN, DS_Z3_CONFIG, ROOT, base_env, free_port, wpo_config
 
 from llamafactory_wspo.train.teardown import teardown_distributed
 
 
-def _gloo_threads() -> list[str]:
-    names = []
-    for task in os.listdir("/proc/self/task"):
-        try:
-            names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
-        except OSError:  # the thread has ended meanwhile
-            continue
-    return sorted(name for name in names if "gloo" in name)
-
-
 def test_teardown_frees_deepspeeds_groups_and_joins_their_threads(monkeypatch):
     groups = pytest.importorskip("deepspeed.utils.groups")
-    before = _gloo_threads()
+    before = gloo_threads()
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         monkeypatch.setattr(groups, "_WORLD_GROUP", dist.new_group([0]))  # where DeepSpeed keeps its world clone
         kept = dist.new_group([0])  # the test's own reference: no teardown can free it
         refs = [weakref.ref(dist.group.WORLD), weakref.ref(groups._WORLD_GROUP)]
-        assert len(_gloo_threads()) > len(before)  # each group runs its worker threads
+        assert len(gloo_threads()) > len(before)  # each group runs its worker threads
 
         warnings: list[str] = []
         teardown_distributed(warn=warnings.append)
@@ -45,7 +34,7 @@ def test_teardown_frees_deepspeeds_groups_and_joins_their_threads(monkeypatch):
         ]
         del kept
         gc.collect()
-        assert _gloo_threads() == before
+        assert gloo_threads() == before
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -29,7 +29,7 @@ _HOLD_FINALISATION = None
 _WAIT_S = 60
 
 
-def _gloo_threads() -> list[str]:
+def gloo_threads() -> list[str]:
     names = []
     for task in os.listdir("/proc/self/task"):
         try:
@@ -107,7 +107,7 @@ def main() -> None:
     run_exp(yaml.safe_load(recipe.read_text(encoding="utf-8")), callbacks=[callback])
     rank = int(os.environ["RANK"])
     result = {
-        "gloo_threads": _gloo_threads(),
+        "gloo_threads": gloo_threads(),
         "group_alive": callback.group is not None and callback.group() is not None,
     }
     (out / f"rank{rank}.json").write_text(json.dumps(result), encoding="utf-8")
