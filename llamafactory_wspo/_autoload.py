@@ -2,9 +2,9 @@
 
 It only registers a finder on :data:`sys.meta_path`; nothing is imported here (no torch, no
 llamafactory). When LLaMA-Factory later imports one of the modules in :data:`_TARGETS`, the module
-executes as usual and :func:`llamafactory_wspo.integration.on_import` then checks and patches it
-(``_TARGETS`` are the modules of the gate's areas there). The hook can never break interpreter start-up:
-any failure becomes a single warning.
+executes as usual and :func:`llamafactory_wspo.host.patches.on_import` then checks and patches it
+(``_TARGETS`` are the modules of the areas of :mod:`llamafactory_wspo.host.gate`). The hook can never break
+interpreter start-up: any failure becomes a single warning.
 """
 
 import os
@@ -50,9 +50,9 @@ class _PatchingLoader:
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
         try:
-            from llamafactory_wspo import integration
+            from llamafactory_wspo.host import patches
 
-            integration.on_import(module)
+            patches.on_import(module)
         except Exception as exc:  # never let the plugin break the host
             _warn(exc)
 

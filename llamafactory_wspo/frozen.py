@@ -1,9 +1,9 @@
 """The frozen models of the plugin stages, from one factory: the reference and the weak model before and after
 its alignment.
 
-Both stages and both modes take their frozen models from :func:`frozen_models`: the precompute pass loads each
-one in turn before the policy exists, the per-step mode loads them beside the policy. What a frozen model is
-loaded from is decided here once, so the two modes score with the same weights:
+The WSPO and WPO stages, in both modes, take their frozen models from :func:`frozen_models`: the precompute pass
+loads each one in turn before the policy exists, the per-step mode loads them beside the policy. What a frozen
+model is loaded from is decided here once, so the two modes score with the same weights:
 
 * **reference** (``ref``), built as LLaMA-Factory's ``create_ref_model`` builds it for the DPO stage: with
   ``ref_model`` that model, its ``ref_model_adapters`` and ``ref_model_quantization_bit``; otherwise the
@@ -18,20 +18,20 @@ loaded from is decided here once, so the two modes score with the same weights:
 Each frozen model also says what identifies it for the log-prob cache (:meth:`FrozenModel.identity`): the
 content of its weights and every loader option it is built with.
 
-Loading a frozen model leaves no auto-class registration behind (:func:`auto_class_registrations_kept`): a frozen
+Loading a frozen model leaves no auto-class registration behind
+(:func:`~llamafactory_wspo.host.compat.auto_class_registrations_kept`): a frozen
 model whose config has an ``auto_map`` must not change how the policy is saved.
 """
 
-import sys
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from llamafactory.hparams import FinetuningArguments, ModelArguments
 from llamafactory.model import load_model, load_tokenizer
 
-from .identity import FileHashes, weights_identity
+from .host.compat import auto_class_registrations_kept
+from .logps.fingerprint import FileHashes, weights_identity
 from .projection import WEAK_PREFIX
 
 
@@ -75,81 +75,6 @@ _NOT_IN_KEY = frozenset(
     }
 )
 _OTHER_COMMANDS = ("export_", "vllm_", "sglang_", "kt_")
-
-
-# The transformers classes whose subclasses carry `_auto_class` (set by `register_for_auto_class`): configs, models,
-# tokenizers and processors, by module (`PretrainedConfig` is the name before transformers 5).
-_AUTO_CLASS_BASES = {
-    "transformers.configuration_utils": ("PreTrainedConfig", "PretrainedConfig"),
-    "transformers.modeling_utils": ("PreTrainedModel",),
-    "transformers.tokenization_utils_base": ("PreTrainedTokenizerBase",),
-    "transformers.processing_utils": ("ProcessorMixin",),
-    "transformers.feature_extraction_utils": ("FeatureExtractionMixin",),
-    "transformers.image_processing_base": ("ImageProcessingMixin",),
-    "transformers.video_processing_utils": ("BaseVideoProcessor",),
-}
-_AUTO_MODULES = "transformers.models.auto."
-_UNSET = object()
-
-
-def _registrable_classes() -> set[type]:
-    r"""Every class of the process (imported so far) that ``register_for_auto_class`` can mark."""
-    classes: set[type] = set()
-    for module_name, names in _AUTO_CLASS_BASES.items():
-        module = sys.modules.get(module_name)
-        stack = [base for name in names if isinstance(base := getattr(module, name, None), type)]
-        while stack:
-            cls = stack.pop()
-            if cls not in classes:
-                classes.add(cls)
-                stack.extend(type.__subclasses__(cls))
-
-    return classes
-
-
-def _auto_mapping_registrations() -> dict[int, dict]:
-    r"""The registrations of the auto mappings (``AutoConfig``'s, each ``AutoModel*``'s, ``AutoTokenizer``'s...)."""
-    registrations = {}
-    for name, module in list(sys.modules.items()):
-        if name.startswith(_AUTO_MODULES) and module is not None:
-            for value in list(vars(module).values()):
-                extra = getattr(value, "__dict__", {}).get("_extra_content")
-                if isinstance(extra, dict):
-                    registrations[id(extra)] = extra
-
-    return registrations
-
-
-@contextmanager
-def auto_class_registrations_kept() -> Iterator[None]:
-    r"""Undo every auto-class registration made inside the block, keeping those made before it.
-
-    Loading a model whose config has an ``auto_map`` registers classes process-wide, twice over: transformers'
-    remote-code loader calls ``register_for_auto_class`` on the config, tokenizer and model classes (and adds the
-    model class to the ``AutoModel*`` mapping), and LLaMA-Factory's ``register_autoclass`` registers the classes it
-    loaded, even transformers' own (remote code off, or an ``auto_map`` that names a library class). A class with
-    ``_auto_class`` set copies "its custom code" beside every save of an instance: the policy, of the same class as a
-    frozen model, would save transformers' own modules with its weights, or fail on their relative imports
-    (``FileNotFoundError: .../models/qwen2/..activations.py``). Frozen models are never saved, so their registrations
-    are dropped; the policy's own (when it is loaded first) are kept, and it registers again when loaded after.
-    """
-    classes = {cls: cls.__dict__.get("_auto_class", _UNSET) for cls in _registrable_classes()}
-    mappings = {key: (extra, dict(extra)) for key, extra in _auto_mapping_registrations().items()}
-    try:
-        yield
-    finally:
-        for cls in _registrable_classes():
-            before, now = classes.get(cls, _UNSET), cls.__dict__.get("_auto_class", _UNSET)
-            if now != before:
-                if before is _UNSET:
-                    del cls._auto_class
-                else:
-                    cls._auto_class = before
-
-        for extra, before in mappings.values():
-            if extra != before:
-                extra.clear()
-                extra.update(before)
 
 
 @dataclass(frozen=True)
@@ -287,105 +212,3 @@ def frozen_models(model_args: ModelArguments, finetuning_args: "PluginArguments"
         weak_model("weak_base", "weak_base_model", finetuning_args.weak_base_model, model_args),
         weak_model("weak_aligned", "weak_aligned_model", finetuning_args.weak_aligned_model, model_args),
     )
-
-
-def _load_vocab(model: FrozenModel) -> tuple["PreTrainedTokenizer", dict[str, int]]:
-    try:
-        tokenizer = model.load_tokenizer()
-    except Exception as err:
-        raise ValueError(f"`{model.key}` ({model.name_or_path}) has no tokenizer that can be loaded: {err}") from err
-
-    return tokenizer, tokenizer.get_vocab()
-
-
-def _differing_entries(vocab: dict[str, int], other: dict[str, int]) -> str:
-    differing = sorted(set(vocab.items()) ^ set(other.items()), key=lambda item: item[1])
-    return f"{len(other)} vs {len(vocab)} tokens; differing entries e.g. " + ", ".join(
-        f"{token!r}->{idx}" for token, idx in differing[:3]
-    )
-
-
-def check_vocabularies(tokenizer: "PreTrainedTokenizer", models: Iterable[FrozenModel], strong_name: str) -> None:
-    r"""Frozen models score the policy's token ids, so every tokenizer must map text to the same ids."""
-    strong_vocab = tokenizer.get_vocab()
-    for model in models:
-        if model.key == "model_name_or_path":
-            continue
-
-        _, other_vocab = _load_vocab(model)
-        if other_vocab != strong_vocab:
-            raise ValueError(
-                f"`{model.key}` ({model.name_or_path}) and `model_name_or_path` ({strong_name}) have different "
-                f"vocabularies ({_differing_entries(strong_vocab, other_vocab)}). "
-                "Both models score the same token ids: use models that share one tokenizer "
-                "(e.g. Qwen2-1.5B with Qwen2-7B)."
-            )
-
-
-def weak_tokenizer(
-    tokenizer: "PreTrainedTokenizer",
-    models: FrozenModels,
-    strong_name: str,
-    template: str | None,
-    weak_template: str | None,
-) -> "PreTrainedTokenizer | None":
-    r"""The weak models' tokenizer if this WSPO run is cross-tokenizer, else ``None`` (the weak models score the
-    strong token ids).
-
-    Cross-tokenizer WSPO (the spec's "Cross-tokenizer WSPO") switches on when the weak models' vocabulary differs
-    from the strong model's, or when ``weak_template`` names another template than ``template``. The reference
-    always scores the strong ids (same vocabulary), both weak models share one tokenizer (their shift compares
-    log-probs of the same ids), and different vocabularies need ``weak_template``: the strong template would add
-    its stop words to the weak tokenizer, giving ids past the weak embedding.
-    """
-    check_vocabularies(tokenizer, [models.ref], strong_name)
-    strong_vocab = tokenizer.get_vocab()
-    base, base_vocab = _load_vocab(models.weak_base)
-    if base_vocab != strong_vocab and not weak_template:
-        raise ValueError(
-            f"`weak_base_model` ({models.weak_base.name_or_path}) and `model_name_or_path` ({strong_name}) have "
-            f"different vocabularies ({_differing_entries(strong_vocab, base_vocab)}). Cross-tokenizer WSPO needs "
-            "`weak_template`, the chat template of the weak models' family (e.g. `llama3` for a Llama-3 weak model): "
-            f"the strong template `{template}` would add its stop words to the weak tokenizer, giving token ids past "
-            "the weak models' embedding."
-        )
-
-    _, aligned_vocab = _load_vocab(models.weak_aligned)
-    if aligned_vocab != base_vocab:
-        raise ValueError(
-            f"`weak_aligned_model` ({models.weak_aligned.name_or_path}) and `weak_base_model` "
-            f"({models.weak_base.name_or_path}) have different vocabularies "
-            f"({_differing_entries(base_vocab, aligned_vocab)}). Both weak models must share one tokenizer: the weak "
-            "shift log pi_w*(y_t) - log pi_w0(y_t) compares their log-probs of the same token ids. Use the weak model "
-            "before and after its alignment."
-        )
-
-    if base_vocab == strong_vocab and (not weak_template or weak_template == template):
-        return None
-
-    return base
-
-
-def check_embedding_sizes(
-    models: Iterable[FrozenModel], max_token_id: int, tokenizer_size: int, tokenizer_key: str = "model_name_or_path"
-) -> None:
-    r"""Every frozen model must have an embedding row for each token id of the data (read from configs, no weights).
-
-    A model with fewer rows than the strong tokenizer's ids fails with an ``IndexError`` deep inside its forward
-    pass otherwise, after minutes of loading. The policy's own checkpoint is LLaMA-Factory's (``resize_vocab``).
-    """
-    from llamafactory.model.loader import load_config
-
-    for model in models:
-        if model.key == "model_name_or_path" or model.model_args.resize_vocab:
-            continue
-
-        with auto_class_registrations_kept():
-            config = load_config(model.model_args)
-        rows = getattr(config.get_text_config(), "vocab_size", None)
-        if rows is not None and max_token_id >= rows:
-            raise ValueError(
-                f"`{model.key}` ({model.name_or_path}) has an embedding of {rows} rows, but the data holds token id "
-                f"{max_token_id} (the tokenizer of `{tokenizer_key}` has {tokenizer_size} tokens): it cannot score "
-                f"these ids. Use a `{model.key}` whose embedding covers the tokenizer of `{tokenizer_key}`."
-            )

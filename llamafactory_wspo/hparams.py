@@ -1,30 +1,10 @@
 """Arguments of the plugin stages, parsed by LLaMA-Factory's own ``HfArgumentParser``.
 
-:class:`PluginArguments` is a mixin: :mod:`llamafactory_wspo.integration` combines it with
-LLaMA-Factory's ``FinetuningArguments`` so that YAML keys and ``--key value`` flags both work.
-As in TRL's configs, each help string names the paper (and, where confirmed, the equation or
-section) that its argument comes from:
-
-* WSPO: Zhu et al., "Weak-to-Strong Preference Optimization: Stealing Reward from Weak Aligned
-  Model", ICLR 2025, arXiv:2410.18640. Its loss, per example, is the mean over the response tokens
-  ``y_t`` of ``(γ · s_t - w_t)²``, where ``s_t = log π_θ(y_t) - log π_ref(y_t)`` is the strong
-  model's shift from its reference and ``w_t = log π_w*(y_t) - log π_w⁰(y_t)`` the weak model's
-  alignment shift (``π_w⁰`` before, ``π_w*`` after its alignment).
-* WPO: Zhou et al., "WPO: Enhancing RLHF with Weighted Preference Optimization", EMNLP 2024,
-  arXiv:2406.11827. The weighted loss is Eq. (1) (Sec. 3.2), the sampled-alignment weight Eq. (2)
-  and the greedy one Sec. 3.3, the variants WPO_w and WPO_l Sec. 4.3, unpaired (KTO) data Sec. 4.2.
-* GRPO: Shao et al., "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language
-  Models", 2024, arXiv:2402.03300. The objective is Eq. (3), its KL estimator Eq. (4), the
-  group-normalised rewards Sec. 4.1.2, the published settings Sec. 4.2.
-
-WSPO's one hyper-parameter γ is LLaMA-Factory's ``pref_beta`` (for ``stage: wspo``, ``pref_beta``
-is γ: at the optimum ``γ · s_t = w_t``, so a smaller γ amplifies the weak model's alignment; the
-authors' recipes set 0.1), and the optional SFT term ``pref_ftx · (-(1/T) Σ_t log π_θ(y_t))`` is
-weighted by ``pref_ftx``, so the authors' recipes run unchanged. WPO reuses the DPO stage's
-arguments (``pref_loss``, ``pref_beta``: β of the preference loss, ``pref_ftx``,
-``dpo_label_smoothing``, ``ref_model``). The ``grpo`` stage (online RL with rule-based rewards,
-for the weak model's length alignment of the WSPO paper's XSUM experiment) has its own ``grpo_*``
-and ``length_reward_*`` fields.
+:class:`PluginArguments` is a mixin: :func:`llamafactory_wspo.host.patches.build_finetuning_arguments` combines it
+with LLaMA-Factory's ``FinetuningArguments``, so that YAML keys and ``--key value`` flags both work. The stages also
+read some of the host's fields: ``pref_beta`` (γ of WSPO, β of WPO's preference loss) and ``pref_ftx`` (the weight of
+an SFT term), and for WPO ``pref_loss``, ``dpo_label_smoothing`` and ``ref_model``. Each stage's class docstring
+cites its paper; the help strings (``llamafactory-cli train -h``) say what each argument does.
 """
 
 import argparse
@@ -52,24 +32,31 @@ WPO_PREF_LOSSES = (
 
 @dataclass
 class WSPOArguments:
-    r"""Arguments of the ``wspo`` stage (WSPO, Zhu et al., ICLR 2025, arXiv:2410.18640); γ is ``pref_beta``."""
+    r"""Arguments of the ``wspo`` stage.
+
+    WSPO is Zhu et al., "Weak-to-Strong Preference Optimization: Stealing Reward from Weak Aligned Model", ICLR 2025,
+    arXiv:2410.18640. Its loss, per example, is the mean over the response tokens ``y_t`` of ``(γ · s_t - w_t)²``,
+    where ``s_t = log π_θ(y_t) - log π_ref(y_t)`` is the strong model's shift from its reference and
+    ``w_t = log π_w*(y_t) - log π_w⁰(y_t)`` the weak model's alignment shift (``π_w⁰`` before, ``π_w*`` after its
+    alignment). γ is LLaMA-Factory's ``pref_beta``: at the optimum ``γ · s_t = w_t``, so a smaller γ amplifies the
+    weak model's alignment (the authors' recipes set 0.1). The optional SFT term ``-(1/T) Σ_t log π_θ(y_t)`` is
+    weighted by ``pref_ftx``. Cross-tokenizer WSPO (``weak_template``) is this plugin's extension; the paper uses
+    one tokenizer.
+    """
 
     weak_base_model: str | None = field(
         default=None,
         metadata={
             "help": "Path or hub id of the weak model before its alignment, π_w⁰ (e.g. its SFT model): the "
-            "reference of the weak alignment shift w_t = log π_w*(y_t) - log π_w⁰(y_t) in the WSPO loss "
-            "mean_t (γ·s_t - w_t)² (Zhu et al., ICLR 2025, arXiv:2410.18640; γ is `pref_beta`). "
-            "Required for `stage: wspo`."
+            "reference of the weak shift w_t = log π_w*(y_t) - log π_w⁰(y_t). Required for `stage: wspo`."
         },
     )
     weak_aligned_model: str | None = field(
         default=None,
         metadata={
-            "help": "Path or hub id of the weak model after its alignment, e.g. by DPO or PPO, π_w*: the aligned "
-            "side of the weak alignment shift w_t = log π_w*(y_t) - log π_w⁰(y_t) that the WSPO loss "
-            "mean_t (γ·s_t - w_t)² transfers to the strong model (Zhu et al., ICLR 2025, arXiv:2410.18640; "
-            "γ is `pref_beta`). Required for `stage: wspo`."
+            "help": "Path or hub id of the weak model after its alignment (e.g. by DPO or PPO), π_w*: the aligned "
+            "side of the weak shift w_t = log π_w*(y_t) - log π_w⁰(y_t) that WSPO transfers to the strong model. "
+            "Required for `stage: wspo`."
         },
     )
     weak_template: str | None = field(
@@ -77,19 +64,17 @@ class WSPOArguments:
         metadata={
             "help": "LLaMA-Factory chat template of the weak models' family (e.g. `llama3`) for cross-tokenizer WSPO: "
             "weak models whose tokenizer differs from the strong model's (or that use another template) score the "
-            "same conversations rendered with their own tokenizer and this template, and the weak shift "
-            "w_t = log π_w*(y_t) - log π_w⁰(y_t) of the WSPO loss mean_t (γ·s_t - w_t)² (Zhu et al., ICLR 2025, "
-            "arXiv:2410.18640, which uses one tokenizer) is moved onto the strong tokens by UTF-8 byte offsets, "
-            "keeping each turn's total log-ratio. Required when the tokenizers differ; both weak models share one "
-            "tokenizer."
+            "same conversations rendered with their own tokenizer and this template, and the weak shift w_t is "
+            "moved onto the strong tokens by UTF-8 byte offsets, keeping each turn's total log-ratio. Required when "
+            "the vocabularies differ; both weak models share one tokenizer."
         },
     )
     wspo_response: Literal["chosen", "rejected", "both"] = field(
         default="chosen",
         metadata={
             "help": "Which responses y of a pairwise (ranking) data set the WSPO loss is computed on: `chosen` (what "
-            "the authors of WSPO, Zhu et al., ICLR 2025, arXiv:2410.18640, train on), `rejected` or `both`. "
-            "SFT-format data sets always use their single response."
+            "the paper's authors train on), `rejected` or `both`. SFT-format data sets always use their single "
+            "response."
         },
     )
     wspo_shift_warning: float = field(
@@ -98,8 +83,7 @@ class WSPOArguments:
             "help": "Nats per response token: the precompute pass warns when the mean |w_t| of the weak shift "
             "w_t = log π_w*(y_t) - log π_w⁰(y_t) exceeds it (cross-tokenizer WSPO: on the weak tokens or on the "
             "projected shift). A weak alignment that moved tokens this hard (e.g. DPO's likelihood displacement) "
-            "hands the strong model a degenerate target to copy in the WSPO loss mean_t (γ·s_t - w_t)² (Zhu et "
-            "al., ICLR 2025, arXiv:2410.18640; γ is `pref_beta`). A diagnostic of this plugin, in no paper; the "
+            "hands the strong model a degenerate target to copy. A diagnostic of this plugin, in no paper; the "
             "statistics are logged and stored in the cache manifest whatever the value."
         },
     )
@@ -142,28 +126,30 @@ def unknown_template_message(name: str, templates: "dict[str, object]") -> str:
 
 @dataclass
 class WPOArguments:
-    r"""Arguments of the ``wpo`` stage (WPO, Zhou et al., EMNLP 2024, arXiv:2406.11827).
+    r"""Arguments of the ``wpo`` stage.
 
+    WPO is Zhou et al., "WPO: Enhancing RLHF with Weighted Preference Optimization", EMNLP 2024, arXiv:2406.11827.
     The loss of a pair, ``pref_loss`` (β: ``pref_beta``), is weighted by how likely the policy is to produce it
-    (Eq. (1)); the weight of an output is ``w(x, y) = exp((1/|y|) Σ_t a_t)`` with ``a_t`` set by ``wpo_alignment``.
+    (Eq. (1), Sec. 3.2); the weight of an output is ``w(x, y) = exp((1/|y|) Σ_t a_t)`` with ``a_t`` set by
+    ``wpo_alignment`` (sampled: Eq. (2); greedy: Sec. 3.3). The variants WPO_w and WPO_l are Sec. 4.3, unpaired
+    (KTO) data Sec. 4.2. WPO also reads the DPO stage's ``pref_ftx``, ``dpo_label_smoothing`` and ``ref_model``.
     """
 
     wpo_alignment: Literal["sampled", "greedy", "none"] = field(
         default="sampled",
         metadata={
-            "help": "Weight alignment of WPO (Zhou et al., EMNLP 2024, arXiv:2406.11827, Sec. 3.3): the term a_t "
-            "of the weight w(x, y) = exp((1/|y|) Σ_t a_t) is log π_θ(y_t) minus log Σ_v π_θ(v)² for `sampled` "
-            "(Eq. (2), the paper's default), minus log max_v π_θ(v) for `greedy`, and log π_θ(y_t) alone for "
-            "`none` (the unaligned weight of Sec. 3.2)."
+            "help": "Weight alignment of WPO (Sec. 3.3): the term a_t of the weight w(x, y) = exp((1/|y|) Σ_t a_t) "
+            "is log π_θ(y_t) minus log Σ_v π_θ(v)² for `sampled` (Eq. (2), the paper's default), minus "
+            "log max_v π_θ(v) for `greedy`, and log π_θ(y_t) alone for `none` (the unaligned weight of Sec. 3.2)."
         },
     )
     wpo_weighting: Literal["pair", "chosen", "rejected"] = field(
         default="pair",
         metadata={
-            "help": "Which weights a pair's loss carries (Zhou et al., EMNLP 2024, arXiv:2406.11827): `pair` "
-            "(WPO, w(x, y_w)·w(x, y_l), Eq. (1)), `chosen` (WPO_w, w(x, y_w)) or `rejected` (WPO_l, w(x, y_l)), "
-            "the variants of Sec. 4.3; detached and clamped at 1 as in the authors' code. Not used by "
-            "`pref_loss: kto`, where each output carries its own weight, normalised per batch as in Sec. 4.2."
+            "help": "Which weights a pair's loss carries: `pair` (WPO, w(x, y_w)·w(x, y_l), Eq. (1)), `chosen` "
+            "(WPO_w, w(x, y_w)) or `rejected` (WPO_l, w(x, y_l)), the variants of Sec. 4.3; detached and clamped "
+            "at 1 as in the authors' code. Not used by `pref_loss: kto`, where each output carries its own weight, "
+            "normalised per batch as in Sec. 4.2."
         },
     )
 
@@ -189,17 +175,18 @@ class WPOArguments:
 class GRPOArguments:
     r"""Arguments of the ``grpo`` stage: online RL with TRL's ``GRPOTrainer`` and rewards named in YAML.
 
-    GRPO is Shao et al., DeepSeekMath, arXiv:2402.03300, Eq. (3); the ``length`` reward is the summary-length reward
-    of the XSUM experiment of WSPO (Zhu et al., ICLR 2025, arXiv:2410.18640), in which the weak model is aligned to
-    a length range before WSPO transfers that alignment (see :mod:`llamafactory_wspo.rewards`).
+    GRPO is Shao et al., "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models", 2024,
+    arXiv:2402.03300: the objective is Eq. (3), its KL estimator Eq. (4), the group-normalised rewards Sec. 4.1.2,
+    the published settings Sec. 4.2. The ``length`` reward is the summary-length reward of the XSUM experiment of
+    the WSPO paper (:class:`WSPOArguments`), in which the weak model is aligned to a length range before WSPO
+    transfers that alignment (see :mod:`llamafactory_wspo.length_reward`).
     """
 
     grpo_reward_funcs: str = field(
         default="length",
         metadata={
             "help": "Comma-separated reward functions, giving the rewards r_i that GRPO normalises within each group "
-            "of outputs (Shao et al., DeepSeekMath, arXiv:2402.03300, Sec. 4.1.2): `length` (the summary-length "
-            "reward of the XSUM experiment of WSPO, Zhu et al., ICLR 2025, arXiv:2410.18640; see "
+            "of outputs (Sec. 4.1.2): `length` (the summary-length reward of WSPO's XSUM experiment; see "
             "`length_reward_min`/`length_reward_max`), an importable `module:function` (or `module.function`) "
             "following TRL's reward-function signature `f(prompts, completions, **kwargs) -> list[float]`, or the "
             "path of a local sequence-classification reward model."
@@ -208,57 +195,45 @@ class GRPOArguments:
     length_reward_min: int = field(
         default=20,
         metadata={
-            "help": "L_min of the length reward: the shortest in-range output, in words (20 in the XSUM experiment "
-            "of WSPO, Zhu et al., ICLR 2025, arXiv:2410.18640)."
+            "help": "L_min of the length reward: the shortest in-range output, in words (20 in WSPO's XSUM "
+            "experiment)."
         },
     )
     length_reward_max: int = field(
         default=30,
         metadata={
-            "help": "L_max of the length reward: the longest in-range output, in words (30 in the XSUM experiment "
-            "of WSPO, Zhu et al., ICLR 2025, arXiv:2410.18640)."
+            "help": "L_max of the length reward: the longest in-range output, in words (30 in WSPO's XSUM experiment)."
         },
     )
     grpo_num_generations: int = field(
         default=8,
         metadata={
-            "help": "G, the number of outputs sampled per prompt: the group of GRPO (Shao et al., DeepSeekMath, "
-            "arXiv:2402.03300, Eq. (3); 64 in Sec. 4.2). Must divide per_device_train_batch_size x "
-            "number of processes x gradient_accumulation_steps."
+            "help": "G, the number of outputs sampled per prompt: the group of GRPO (Eq. (3); 64 in Sec. 4.2). "
+            "Must divide per_device_train_batch_size x number of processes x gradient_accumulation_steps."
         },
     )
     grpo_max_completion_length: int = field(
         default=64,
-        metadata={
-            "help": "Maximum number of new tokens of a sampled output o_i of GRPO (Shao et al., DeepSeekMath, "
-            "arXiv:2402.03300, Eq. (3))."
-        },
+        metadata={"help": "Maximum number of new tokens of a sampled output o_i of GRPO."},
     )
     grpo_temperature: float = field(
         default=1.0,
-        metadata={
-            "help": "Sampling temperature of the outputs o_i ~ π_θ_old of GRPO (Shao et al., DeepSeekMath, "
-            "arXiv:2402.03300, Eq. (3))."
-        },
+        metadata={"help": "Sampling temperature of the outputs o_i ~ π_θ_old of GRPO."},
     )
     grpo_top_p: float = field(
         default=1.0,
-        metadata={
-            "help": "Top-p of the sampling of the outputs o_i ~ π_θ_old of GRPO (Shao et al., DeepSeekMath, "
-            "arXiv:2402.03300, Eq. (3))."
-        },
+        metadata={"help": "Top-p of the sampling of the outputs o_i ~ π_θ_old of GRPO."},
     )
     grpo_beta: float = field(
         default=0.04,
         metadata={
             "help": "β, the coefficient of the KL term towards the initial (reference) model in the GRPO objective "
-            "(Shao et al., DeepSeekMath, arXiv:2402.03300, Eq. (3), the KL estimated per token by Eq. (4); 0.04 in "
-            "Sec. 4.2). 0 loads no reference model."
+            "(Eq. (3), the KL estimated per token by Eq. (4); 0.04 in Sec. 4.2). 0 loads no reference model."
         },
     )
 
     def check_grpo_args(self) -> None:
-        from .rewards import check_length_range
+        from .length_reward import check_length_range
 
         if not self.grpo_reward_funcs or not self.grpo_reward_funcs.strip(" ,"):
             raise ValueError("`grpo_reward_funcs` is empty: name at least one reward function, e.g. `length`.")
@@ -288,10 +263,10 @@ class GRPOArguments:
 class PrecomputeArguments:
     r"""Where and how the frozen models' per-token log-probs are computed.
 
-    The frozen terms never change during training: WSPO's weak shift ``w_t`` and ``log π_ref(y_t)`` (Zhu et al.,
-    ICLR 2025, arXiv:2410.18640), and WPO's reference log-probs inside the preference loss of Eq. (1) (Zhou et al.,
-    EMNLP 2024, arXiv:2406.11827). Computing them once, before training, is an implementation choice of this plugin:
-    the losses are the same either way.
+    The frozen terms never change during training: WSPO's weak shift ``w_t`` and ``log π_ref(y_t)``, and WPO's
+    reference log-probs inside the preference loss of its Eq. (1) (the papers: :class:`WSPOArguments`,
+    :class:`WPOArguments`). Computing them once, before training, is an implementation choice of this plugin: the
+    losses are the same either way.
     """
 
     precompute_logps: bool = field(
@@ -299,8 +274,7 @@ class PrecomputeArguments:
         metadata={
             "help": "Compute the frozen models' per-token log-probs once before training and cache them on disk, so "
             "that training holds only the policy: for WSPO the weak shift w_t = log π_w*(y_t) - log π_w⁰(y_t) and "
-            "log π_ref(y_t) (Zhu et al., ICLR 2025, arXiv:2410.18640), for WPO the reference log-probs of the "
-            "preference loss in Eq. (1) (Zhou et al., EMNLP 2024, arXiv:2406.11827). `false` keeps the frozen "
+            "log π_ref(y_t), for WPO the reference log-probs of its preference loss. `false` keeps the frozen "
             "models in memory and computes the same values at every step."
         },
     )
@@ -416,8 +390,8 @@ class PluginArguments(WSPOArguments, WPOArguments, GRPOArguments, PrecomputeArgu
             meaning = "gamma of the WSPO loss" if self.stage == "wspo" else "beta of the weighted preference loss"
             raise ValueError(
                 f"`pref_beta` must be a positive number for `stage: {self.stage}` ({meaning}), got {self.pref_beta}: "
-                "0 trains nothing, a negative value trains the wrong way, NaN trains on NaN. The papers use 0.1 (WSPO) "
-                "and 0.01 (WPO)."
+                "0 trains nothing, a negative value trains the wrong way, NaN trains on NaN. The papers use 0.1 "
+                "(WSPO) and 0.01 (WPO)."
             )
 
         if self.stage == "wspo":

@@ -1,8 +1,9 @@
 """The loss mathematics, as small pure tensor functions (no model, no trainer).
 
-Notation follows the README (WSPO: Zhu et al., arXiv 2410.18640; WPO: Zhou et al., arXiv 2406.11827): ``y_t`` are the response tokens, i.e. the positions whose label
-is not ``IGNORE_INDEX`` after the usual one-token shift. Every per-token tensor here has shape
-``(batch, length - 1)`` and is aligned with ``labels[:, 1:]``.
+WSPO is Zhu et al., "Weak-to-Strong Preference Optimization", ICLR 2025, arXiv:2410.18640; WPO is Zhou et al.,
+"WPO: Enhancing RLHF with Weighted Preference Optimization", EMNLP 2024, arXiv:2406.11827. ``y_t`` are the response
+tokens, i.e. the positions whose label is not ``IGNORE_INDEX`` after the usual one-token shift. Every per-token
+tensor here has shape ``(batch, length - 1)`` and is aligned with ``labels[:, 1:]``.
 """
 
 import torch
@@ -24,7 +25,7 @@ def per_token_logps(
     ``logits`` is ``(batch, length, vocab)`` in any dtype. Only response positions are computed (prompt and
     padding positions cost nothing), ``chunk_size`` of them at a time (default: a 128 MiB float32 working
     set), and no float32 copy of the logits is kept for the backward pass, which recomputes each chunk's
-    softmax (see :class:`_ChunkedTokenLogps`). Masked positions hold 0.
+    softmax (see :class:`_TokenLogps`). Masked positions hold 0.
     """
     logps, _, mask = policy_logps_and_alignment(logits, labels, "none", chunk_size, ignore_index)
     return logps, mask
@@ -43,14 +44,15 @@ def wspo_loss(
     mask: torch.Tensor,
     gamma: float,
 ) -> torch.Tensor:
-    r"""Per-example WSPO loss (Zhu et al., ICLR 2025, arXiv 2410.18640: its token-level objective).
+    r"""Per-example WSPO loss (the paper's token-level objective).
 
     ``l(x, y) = (1/T) * sum_t (gamma * s_t - w_t) ** 2`` with the strong shift
     ``s_t = log pi_theta(y_t) - log pi_ref(y_t)`` and the weak shift
-    ``w_t = log pi_w*(y_t) - log pi_w0(y_t)``. Returns shape ``(batch,)``; the batch loss is its mean.
+    ``w_t = log pi_w*(y_t) - log pi_w0(y_t)``. Returns shape ``(batch,)``; the batch loss is its mean. The reference
+    and the weak shift are constants of the loss (detached): only ``policy_logps`` receives a gradient.
     """
-    strong_shift = policy_logps - ref_logps.float()
-    return masked_mean((gamma * strong_shift - weak_shift.float()) ** 2, mask)
+    strong_shift = policy_logps - ref_logps.detach().float()
+    return masked_mean((gamma * strong_shift - weak_shift.detach().float()) ** 2, mask)
 
 
 def sft_loss(policy_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -61,26 +63,28 @@ def sft_loss(policy_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 FLOAT32_CHUNK_BYTES = 128 * 2**20
 
 
-class _ChunkedTokenLogps(torch.autograd.Function):
-    r"""``log softmax(z)[y]`` of selected rows of ``flat_logits``, with WPO's alignment term, in float32 chunks.
+class _TokenLogps(torch.autograd.Function):
+    r"""``log softmax(z)[y]`` of the scored rows of ``logits`` (``rows x vocab``), with WPO's alignment term.
 
-    Forward keeps only each row's ``logsumexp`` (one float per token); backward recomputes the chunk's softmax
-    from the logits (``d logp / dz = onehot(y) - softmax(z)``), so no float32 copy of the logits outlives its
-    chunk. The alignment output carries no gradient.
+    ``index`` selects the scored rows (``None``: every row is scored). The float32 work runs ``chunk`` rows at a
+    time. Forward keeps only each row's ``logsumexp`` (one float per token); backward recomputes the chunk's softmax
+    from the logits (``d logp / dz = onehot(y) - softmax(z)``), so no float32 copy of the logits outlives its chunk.
+    When every row is scored, float32 logits are read as views and the gradient is written straight into its rows
+    (no zero-filled buffer). The alignment output carries no gradient.
     """
 
     @staticmethod
-    def forward(ctx, flat_logits, index, targets, alignment: str, chunk: int):
-        logps = torch.empty(index.numel(), dtype=torch.float32, device=flat_logits.device)
+    def forward(ctx, logits, index, targets, alignment: str, chunk: int):
+        logps = torch.empty(targets.numel(), dtype=torch.float32, device=logits.device)
         aligned = torch.empty_like(logps)
         lses = torch.empty_like(logps)
-        for start in range(0, index.numel(), chunk):
+        for start in range(0, targets.numel(), chunk):
             end = start + chunk
-            z = flat_logits.index_select(0, index[start:end]).float()
+            z, copied = _float_rows(logits, index, start, end)
             lse = torch.logsumexp(z, dim=-1)
             logp = z.gather(-1, targets[start:end].unsqueeze(-1)).squeeze(-1) - lse
             if alignment == "sampled":  # log sum_v p_v^2 = logsumexp(2z) - 2 logsumexp(z)
-                norm = torch.logsumexp(z.mul_(2.0), dim=-1) - 2.0 * lse
+                norm = torch.logsumexp(z.mul_(2.0) if copied else z * 2.0, dim=-1) - 2.0 * lse
             elif alignment == "greedy":  # log max_v p_v = max(z) - logsumexp(z)
                 norm = z.max(dim=-1).values - lse
             else:
@@ -88,73 +92,39 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             logps[start:end], lses[start:end], aligned[start:end] = logp, lse, logp - norm
             del z
 
-        ctx.save_for_backward(flat_logits, index, targets, lses)
+        ctx.save_for_backward(logits, index, targets, lses)
         ctx.chunk = chunk
         ctx.mark_non_differentiable(aligned)
         return logps, aligned
 
     @staticmethod
     def backward(ctx, grad_logps, grad_aligned):
-        flat_logits, index, targets, lses = ctx.saved_tensors
-        grad = torch.zeros_like(flat_logits)
-        for start in range(0, index.numel(), ctx.chunk):
+        logits, index, targets, lses = ctx.saved_tensors
+        grad = torch.empty_like(logits) if index is None else torch.zeros_like(logits)
+        for start in range(0, targets.numel(), ctx.chunk):
             end = start + ctx.chunk
-            rows = index[start:end]
             upstream = grad_logps[start:end].unsqueeze(-1)
-            chunk_grad = torch.exp(flat_logits.index_select(0, rows).float() - lses[start:end].unsqueeze(-1))
-            chunk_grad.mul_(-upstream).scatter_add_(-1, targets[start:end].unsqueeze(-1), upstream)
-            grad.index_copy_(0, rows, chunk_grad.to(grad.dtype))
+            lse = lses[start:end].unsqueeze(-1)
+            if index is None and logits.dtype == torch.float32:  # softmax written straight into the result
+                chunk_grad = torch.sub(logits[start:end], lse, out=grad[start:end])
+            else:
+                chunk_grad = _float_rows(logits, index, start, end)[0].sub_(lse)
+            chunk_grad.exp_().mul_(-upstream).scatter_add_(-1, targets[start:end].unsqueeze(-1), upstream)
+            if index is not None:
+                grad.index_copy_(0, index[start:end], chunk_grad.to(grad.dtype))
+            elif chunk_grad.dtype != grad.dtype:
+                grad[start:end].copy_(chunk_grad)
 
         return grad, None, None, None, None
 
 
-class _RowsTokenLogps(torch.autograd.Function):
-    r"""``log softmax(z)[y]`` of every row of ``logits`` (scored positions only), with WPO's alignment term.
+def _float_rows(logits: torch.Tensor, index: torch.Tensor | None, start: int, end: int) -> tuple[torch.Tensor, bool]:
+    r"""Scored rows ``start:end`` of ``logits`` in float32, and whether they are a copy (a view must not change)."""
+    if index is None:
+        rows = logits[start:end]
+        return rows.float(), rows.dtype != torch.float32
 
-    The same mathematics as :class:`_ChunkedTokenLogps` without its row selection: the rows are taken as slices
-    (no copy of float32 logits), and the backward pass writes each chunk's gradient straight into its slice of
-    the result (no zero-filled buffer), since every row is scored.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, targets, alignment: str, chunk: int):
-        logps = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
-        aligned = torch.empty_like(logps)
-        lses = torch.empty_like(logps)
-        for start in range(0, logits.size(0), chunk):
-            rows = slice(start, start + chunk)
-            z = logits[rows].float()  # a view when the logits are float32: never modified in place
-            lse = torch.logsumexp(z, dim=-1)
-            logp = z.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1) - lse
-            if alignment == "sampled":  # log sum_v p_v^2 = logsumexp(2z) - 2 logsumexp(z)
-                norm = torch.logsumexp(z * 2.0, dim=-1) - 2.0 * lse
-            elif alignment == "greedy":  # log max_v p_v = max(z) - logsumexp(z)
-                norm = z.max(dim=-1).values - lse
-            else:
-                norm = 0.0
-            logps[rows], lses[rows], aligned[rows] = logp, lse, logp - norm
-
-        ctx.save_for_backward(logits, targets, lses)
-        ctx.chunk = chunk
-        ctx.mark_non_differentiable(aligned)
-        return logps, aligned
-
-    @staticmethod
-    def backward(ctx, grad_logps, grad_aligned):
-        logits, targets, lses = ctx.saved_tensors
-        grad = torch.empty_like(logits)
-        for start in range(0, logits.size(0), ctx.chunk):
-            rows = slice(start, start + ctx.chunk)
-            upstream = grad_logps[rows].unsqueeze(-1)
-            if logits.dtype == torch.float32:  # softmax written straight into the result
-                chunk_grad = torch.sub(logits[rows], lses[rows].unsqueeze(-1), out=grad[rows])
-            else:
-                chunk_grad = logits[rows].float().sub_(lses[rows].unsqueeze(-1))
-            chunk_grad.exp_().mul_(-upstream).scatter_add_(-1, targets[rows].unsqueeze(-1), upstream)
-            if chunk_grad.dtype != grad.dtype:
-                grad[rows].copy_(chunk_grad)
-
-        return grad, None, None, None
+    return logits.index_select(0, index[start:end]).float(), True
 
 
 def rows_logps_and_alignment(
@@ -170,7 +140,7 @@ def rows_logps_and_alignment(
         raise ValueError(f"Unknown WPO alignment: {alignment}.")
 
     chunk = chunk_size or max(1, FLOAT32_CHUNK_BYTES // (4 * logits.size(-1)))
-    return _RowsTokenLogps.apply(logits, targets, alignment, chunk)
+    return _TokenLogps.apply(logits, None, targets, alignment, chunk)
 
 
 def policy_logps_and_alignment(
@@ -182,8 +152,7 @@ def policy_logps_and_alignment(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Per-token ``log pi(y_t)`` (with gradient) and WPO's alignment term ``a_t`` (without), in float32.
 
-    WPO (Zhou et al., EMNLP 2024, arXiv 2406.11827, Sec. 3.3; the sampled alignment is its Eq. 2) aligns each
-    token's log-prob with the policy's own outputs:
+    WPO (Sec. 3.3; the sampled alignment is its Eq. (2)) aligns each token's log-prob with the policy's own outputs:
 
     * ``sampled``: ``a_t = log pi(y_t) - log sum_v pi(v)^2``, with
       ``log sum_v p_v^2 = logsumexp(2z) - 2 logsumexp(z)``;
@@ -206,7 +175,7 @@ def policy_logps_and_alignment(
     targets = labels[:, 1:][mask]
     chunk = chunk_size or max(1, FLOAT32_CHUNK_BYTES // (4 * vocab))
     flat_logits = logits.reshape(batch * length, vocab)
-    logps, aligned = _ChunkedTokenLogps.apply(flat_logits, index, targets, alignment, chunk)
+    logps, aligned = _TokenLogps.apply(flat_logits, index, targets, alignment, chunk)
     zeros = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
     return zeros.masked_scatter(mask, logps), zeros.masked_scatter(mask, aligned), mask
 

@@ -1,7 +1,7 @@
 r"""Cross-tokenizer WSPO: the weak model's per-token shift moved onto the strong model's tokens.
 
-The rule is fixed in the project's spec (``ALGORITHMS.md``, "Cross-tokenizer WSPO"); this module holds it as small
-pure functions, with no tokenizer, template or model. What does not depend on tokenisation is the log-ratio of a
+This module defines the rule, as small pure functions with no tokenizer, template or model
+(``docs/cross_tokenizer.md`` explains it to users and says what it can promise). What does not depend on tokenisation is the log-ratio of a
 text, ``sum_j w_j`` over the weak tokens ``j`` of a labelled turn; the projection moves each ``w_j`` onto one strong
 token (or reports it as unmatched), so that per turn
 
@@ -36,7 +36,7 @@ UNMATCHED = -1  # a weak token that ends after the last strong end: its shift is
 NOT_SCORED = -2  # a weak prefix token: not scored on either side
 PADDING = -3  # a padded entry of a batch's projection column
 
-# The weak side of a row (see ``llamafactory_wspo.data.cross``): the weak rendering and, per weak response token,
+# The weak side of a row (see ``llamafactory_wspo.data.weak_side``): the weak rendering and, per weak response token,
 # the index of the strong response token that takes its shift (or UNMATCHED).
 WEAK_PREFIX = "weak_"
 WEAK_INPUT_IDS = f"{WEAK_PREFIX}input_ids"
@@ -97,7 +97,7 @@ def running_max(values: Sequence[int]) -> list[int]:
 def project_content(weak_ends: Sequence[int], strong_ends: Sequence[int]) -> list[int]:
     r"""The strong content token that each weak content token's shift goes to, or :data:`UNMATCHED`.
 
-    Rule (spec, "Content projection"): with ``E_t = max_{s <= t} d_s``, weak token ``j`` goes to the first strong
+    Rule: with ``E_t = max_{s <= t} d_s``, weak token ``j`` goes to the first strong
     token with ``E_t >= b_j``. When ``k`` weak tokens end exactly where a group of strong tokens with one ``E``
     ends, the i-th of them goes to the i-th of the group and the surplus to the group's last token. A weak token
     with ``b_j`` greater than the last ``E`` is unmatched.

@@ -50,7 +50,7 @@ from typing import Any
 
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # tests.helpers (tiny models), _cli
 from _cli import parse_args  # noqa: E402
 
 
@@ -97,7 +97,7 @@ TARGETS = (
 
 def build_assets(out: Path, preset: str, num_examples: int, response_words: int, seed: int) -> None:
     r"""Tokenizer, strong / weak / weak-aligned models and the data sets (same prompts for every mode)."""
-    from llamafactory_wspo.extras import tiny_assets
+    from tests.helpers import tiny_assets
 
     tiny_assets.build_tokenizer(out / "tokenizer")
     shapes = PRESETS[preset]
@@ -351,7 +351,7 @@ def full_logits_forward(config: dict[str, Any]) -> dict[str, float]:
 
     from llamafactory_wspo.data import SFTDataCollatorWithLogps, check_wspo_data, dataset_splits, get_wspo_dataset
     from llamafactory_wspo.frozen import frozen_models
-    from llamafactory_wspo.precompute import ExampleIndex
+    from llamafactory_wspo.logps.precompute import ExampleIndex
 
     model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
     tokenizer_module = load_tokenizer(model_args)

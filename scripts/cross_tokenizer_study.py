@@ -32,7 +32,7 @@ from typing import Any
 
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # tests.helpers (tiny models), _cli
 from _cli import parse_args  # noqa: E402
 
 
@@ -98,8 +98,8 @@ def write_task(data_dir: Path, seed: int, num_train: int, num_eval: int) -> dict
 def build_models(work: Path, rows: dict[str, list[dict[str, str]]], seed: int) -> None:
     r"""``sp/`` (the SentencePiece-style tokenizer), ``word/`` (the whole-word one) and the untrained models:
     ``weak`` (hidden 32, one layer) and ``strong_a`` on ``sp``, ``strong_b`` (hidden 64, two layers both) on ``word``."""
-    from llamafactory_wspo.extras import tiny_assets
-    from llamafactory_wspo.extras.tiny_tokenizers import build_tokenizer
+    from tests.helpers import tiny_assets
+    from tests.helpers.tiny_tokenizers import build_tokenizer
 
     texts = [row[key] for items in rows.values() for row in items for key in ("instruction", "output", "chosen",
              "rejected") if key in row]  # fmt: skip

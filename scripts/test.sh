@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create or update .venv with the development extra, then run the test-suite (CPU, offline).
-#   bash scripts/test.sh                 # everything
-#   bash scripts/test.sh -m "not slow"   # unit tests only; any pytest arguments pass through
+#   bash scripts/test.sh                 # everything, the tests marked slow included
+#   bash scripts/test.sh -m "not slow"   # unit tests only; any pytest arguments pass through, a -m replaces ours
+# A plain `pytest` skips the tests marked slow (addopts in pyproject.toml); `-m ""` here selects them again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +28,4 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANAL
 export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/ruff check llamafactory_wspo tests scripts
 .venv/bin/ruff format --check llamafactory_wspo tests scripts
-exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -p no:cacheprovider -m "" "$@"

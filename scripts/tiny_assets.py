@@ -5,16 +5,20 @@
     python scripts/tiny_assets.py model OUT_DIR --tokenizer TOK_DIR --hidden_size 64 --num_layers 2
     python scripts/tiny_assets.py data OUT_DIR --num_train 256
 
-The builders live in :mod:`llamafactory_wspo.extras.tiny_assets` (a word-level tokenizer, random Qwen2 models,
+The builders live in :mod:`tests.helpers.tiny_assets` (a word-level tokenizer, random Qwen2 models,
 the toy data sets); this script only reads the command line.
 """
 
 import argparse
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from _cli import parse_args
 
-from llamafactory_wspo.extras.tiny_assets import (
+sys.path[:0] = [str(Path(__file__).resolve().parents[1])]  # the checkout: tests.helpers
+from _cli import parse_args  # noqa: E402
+
+from tests.helpers.tiny_assets import (  # noqa: E402
     ALT_WORDS,
     DEFAULT_MODELS,
     DEFAULT_WORDS,

@@ -50,7 +50,7 @@ def test_disable_switch_turns_everything_off():
     import llamafactory.train.tuner  # noqa: F401 (what `llamafactory-cli train` imports)
 
     # on: this pytest process, started like any other Python process of the environment
-    assert llamafactory.hparams.parser._TRAIN_ARGS[3].__module__ == "llamafactory_wspo.integration"
+    assert llamafactory.hparams.parser._TRAIN_ARGS[3].__module__ == "llamafactory_wspo.host.patches"
     assert "_PostImportFinder" in [type(finder).__name__ for finder in sys.meta_path]
     code = "import sys; import llamafactory.hparams.parser as p; print(p._TRAIN_ARGS[3].__module__, sys.meta_path)"
     off = _python(code, LLAMAFACTORY_WSPO_DISABLE="1")
@@ -78,8 +78,8 @@ def test_a_failing_patch_is_one_warning_not_a_crash(tmp_path):
 
 
 @pytest.mark.host_compat
-def test_a_missing_integration_module_is_one_warning(tmp_path):
-    r"""A half-removed install (the hook's package without ``integration``): one warning per process, not one per
+def test_a_missing_patches_module_is_one_warning(tmp_path):
+    r"""A half-removed install (the hook's package without ``host.patches``): one warning per process, not one per
     patched module that LLaMA-Factory imports."""
     fake = tmp_path / "llamafactory"
     for folder in ("hparams", "train"):
@@ -90,14 +90,14 @@ def test_a_missing_integration_module_is_one_warning(tmp_path):
     (fake / "train" / "tuner.py").write_text("READY = True\n")
     proc = _python(
         "import sys, warnings; warnings.simplefilter('always')\n"
-        "sys.modules['llamafactory_wspo.integration'] = None  # the module is gone: importing it fails\n"
+        "sys.modules['llamafactory_wspo.host.patches'] = None  # the module is gone: importing it fails\n"
         "import llamafactory.hparams.parser as p, llamafactory.train.tuner as t; print(p.READY and t.READY)",
         PYTHONPATH=str(tmp_path),
         PYTHONWARNINGS="default",
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
     assert proc.stderr.count("llamafactory-wspo is inactive") == 1, proc.stderr
-    assert "llamafactory_wspo.integration" in proc.stderr and "Traceback" not in proc.stderr
+    assert "llamafactory_wspo.host.patches" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
@@ -180,7 +180,7 @@ def test_wheel_installs_the_startup_hook(tmp_path):
         assert hook == (root / "llamafactory_wspo.pth").read_text()  # the repository's hook line, as it is
         assert hook.startswith("import ") and "import llamafactory_wspo._autoload" in hook  # site runs such lines
 
-    assert {"llamafactory_wspo/_autoload.py", "llamafactory_wspo/integration.py"} <= names
+    assert {"llamafactory_wspo/_autoload.py", "llamafactory_wspo/host/patches.py"} <= names
 
     # Installed into a fresh site directory, the hook runs when Python processes that directory.
     target = tmp_path / "site"

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_assets
 from helpers.cli import cli_command, one_line_error, qwen_prompt_ids, read_jsonl, run_cli, write_jsonl
 from helpers.fake_judge import FakeJudge, chat_reply, judge_score
 from helpers.train import base_env
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from llamafactory_wspo.cli import build_hybrid
-from llamafactory_wspo.extras import tiny_assets
 
 
 PAIRS = [

@@ -19,14 +19,15 @@ from datasets import Dataset
 from helpers.tiny_lm import TinyFrozen, collate, examples
 from helpers.train import ROOT, base_env, free_port
 
-from llamafactory_wspo import precompute
+from llamafactory_wspo.logps import files, precompute
+from llamafactory_wspo.logps import store as cache_store
 
 
 def _precompute(cache: Path, model: TinyFrozen | None = None):
     return precompute.precompute_logps(
         [Dataset.from_dict(examples())],
         [model or TinyFrozen()],
-        lambda logps: {precompute.REF_LOGPS: logps["ref"]},
+        lambda logps: {cache_store.REF_LOGPS: logps["ref"]},
         collate,
         str(cache),
         {},
@@ -140,7 +141,7 @@ def test_temporary_files_that_nobody_holds_are_removed_by_a_run_that_reuses_the_
         path.write_bytes(b"\0" * 4096)
     live = target / ".tmp-w0rk1ng.safetensors"
     live.write_bytes(b"\0" * 4096)
-    kept = [cache / precompute.FILE_HASHES, target / "notes.txt"]  # not temporary files: never touched
+    kept = [cache / cache_store.FILE_HASHES, target / "notes.txt"]  # not temporary files: never touched
     for path in kept:
         path.write_text("{}")
 
@@ -163,7 +164,7 @@ def test_a_writers_temporary_file_is_locked_while_it_writes(tmp_path, monkeypatc
     def fsync_then_clean(fd):  # when a writer's bytes are in its temporary file, before the rename
         fsync(fd)
         before = sorted(path.name for path in cache.glob("*/.tmp*"))
-        precompute.remove_left_temporary_files(str(cache))  # another run's clean-up, through its own open file
+        files.remove_left_temporary_files(str(cache))  # another run's clean-up, through its own open file
         seen.append((before, sorted(path.name for path in cache.glob("*/.tmp*"))))
 
     monkeypatch.setattr(os, "fsync", fsync_then_clean)
@@ -181,13 +182,13 @@ def test_a_writers_temporary_file_is_locked_while_it_writes(tmp_path, monkeypatc
 
 
 def test_where_files_cannot_be_locked_only_old_temporary_files_are_removed(tmp_path, monkeypatch):
-    monkeypatch.setattr(precompute, "fcntl", None)  # a platform without `flock` (a file system without it: the same)
+    monkeypatch.setattr(files, "fcntl", None)  # a platform without `flock` (a file system without it: the same)
     cache = tmp_path / "cache"
     _precompute(cache)
     old, young = _target(cache) / ".tmp-old.safetensors", _target(cache) / ".tmp-young.safetensors"
     for path in (old, young):
         path.write_bytes(b"\0")
-    then = old.stat().st_mtime - 2 * precompute.STALE_TMP_SECONDS
+    then = old.stat().st_mtime - 2 * files.STALE_TMP_SECONDS
     os.utime(old, (then, then))
     _precompute(cache)
     assert not old.exists() and young.exists()
@@ -211,7 +212,7 @@ def test_where_files_cannot_be_locked_only_old_temporary_files_are_removed(tmp_p
     ],
 )
 def test_format_size(size, text):
-    assert precompute.format_size(size) == text
+    assert files.format_size(size) == text
 
 
 def test_too_little_space_before_the_pass_shows_small_sizes_in_kib(tmp_path, monkeypatch):

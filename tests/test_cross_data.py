@@ -10,22 +10,22 @@ import inspect
 import random
 
 import pytest
+from helpers.tiny_tokenizers import KINDS, build_tokenizer, random_text, random_texts
 from llamafactory.data import get_template_and_fix_tokenizer
 from llamafactory.data.processor import PairwiseDatasetProcessor, SupervisedDatasetProcessor
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.hparams import DataArguments
 
-from llamafactory_wspo.data.cross import (
+from llamafactory_wspo.data.weak_side import (
     COUNT_COLUMNS,
     CrossTokenizerDatasetProcessor,
-    build_weak_side,
     kept_positions,
     labelled_runs,
     weak_data_args,
     weak_side_in_dataset_pass,
 )
-from llamafactory_wspo.extras.tiny_tokenizers import KINDS, build_tokenizer, random_text, random_texts
 from llamafactory_wspo.projection import UNMATCHED, project_values
+from llamafactory_wspo.vocab import build_weak_side
 
 
 END_OF_TURN = {"qwen": "<|im_end|>", "llama3": "<|eot_id|>", "gemma2": "<end_of_turn>"}
@@ -224,7 +224,7 @@ def test_the_host_call_that_the_dataset_pass_wraps(corpus):
     :func:`weak_side_in_dataset_pass` passes on; within the block that name gives the cross processor."""
     from llamafactory.data import loader
 
-    from llamafactory_wspo.data.cross import WeakSide
+    from llamafactory_wspo.data.weak_side import WeakSide
 
     source = inspect.getsource(loader._get_preprocessed_dataset)
     assert "dataset_processor = _get_dataset_processor(" in source

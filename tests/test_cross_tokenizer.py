@@ -19,13 +19,19 @@ import torch
 import yaml
 from helpers.cross import WEAK_TEMPLATE, build_cross_assets
 from helpers.scripts import script_module
+from helpers.tiny_tokenizers import build_weak_family
 from helpers.train import ROOT, base_env, log_history, train_logs, wspo_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llamafactory_wspo.extras.tiny_tokenizers import build_weak_family
+from llamafactory_wspo.cli import main as cli_main
 
 
-demo_evaluate = script_module("demo/evaluate")  # the quickstart's evaluation: sampling outside the plugin
+def generate(*args: str) -> None:
+    r"""``llamafactory-wspo generate ARGS``, in this process (the command's own entry, without a process start)."""
+    assert cli_main(["generate", *map(str, args)]) == 0
+
+
+demo_evaluate = script_module("demo/evaluate")  # the quickstart's scores of the answers `generate` wrote
 
 
 @pytest.fixture(scope="module")
@@ -234,15 +240,14 @@ def _demo_step(name: str, assets: Path, family: Path, work: Path, **overrides) -
 def test_quickstart_with_a_weak_model_of_another_family(assets, tmp_path, run_in_process):
     r"""The quickstart task (``scripts/quickstart_cross.sh``, shortened SFT): a weak model with a byte-level BPE
     tokenizer and the llama3 template is aligned by DPO towards short answers; cross-tokenizer WSPO moves the strong
-    model (word-level tokenizer, qwen template) the same way. Lengths are measured outside the plugin (sampling with
-    transformers, LLaMA-Factory's templates)."""
+    model (word-level tokenizer, qwen template) the same way. Lengths are measured as the quickstart measures them:
+    answers sampled by `llamafactory-wspo generate` in each model's template, scored by ``scripts/demo/evaluate.py``."""
     family = build_weak_family(tmp_path / "bpe", assets / "data", "byte_bpe", 900, (("weak", 0),), 48, 1)
     for name, epochs in (("weak_sft", 5), ("strong_sft", 5), ("weak_dpo", None), ("strong_wspo", None)):
         overrides = {"num_train_epochs": epochs} if epochs else {}
         run = run_in_process(_demo_step(name, assets, family, tmp_path, **overrides)).check()
     assert "Cross-tokenizer WSPO: strong tokenizer" in run.log
 
-    prompts = demo_evaluate.load_prompts(str(assets / "data" / "tiny_sft_eval.json"))
     scores = {}
     for name, template in (
         ("weak_sft", "llama3"),
@@ -250,8 +255,15 @@ def test_quickstart_with_a_weak_model_of_another_family(assets, tmp_path, run_in
         ("strong_sft", "qwen"),
         ("strong_wspo", "qwen"),
     ):
-        answers = demo_evaluate.sample_answers(str(tmp_path / name), prompts, 2, 32, 0, template)
-        scores[name] = demo_evaluate.score(prompts, answers, short_max=5)
+        answers = tmp_path / f"{name}_answers.jsonl"
+        generate(
+            f"model_name_or_path={tmp_path / name}",
+            f"template={template}",
+            f"input_file={assets / 'data' / 'tiny_sft_eval.json'}",
+            f"output_file={answers}",
+            *("num_samples=2", "temperature=1.0", "max_new_tokens=32", "seed=0", "infer_backend=huggingface"),
+        )
+        scores[name] = demo_evaluate.score(demo_evaluate.read_answers(answers), short_max=5)
     print(json.dumps(scores, indent=1))
     assert scores["weak_dpo"]["mean_words"] < scores["weak_sft"]["mean_words"]  # the weak model's alignment
     assert scores["strong_wspo"]["mean_words"] < 0.8 * scores["strong_sft"]["mean_words"]  # followed by the strong

@@ -113,7 +113,7 @@ def test_separate_reference_is_built_as_the_host_builds_it(assets, tmp_path, ada
 
 def test_weak_models_take_only_the_documented_loader_options(assets, tmp_path):
     from llamafactory_wspo.frozen import WEAK_MODEL_OPTIONS, frozen_models
-    from llamafactory_wspo.identity import FileHashes
+    from llamafactory_wspo.logps.fingerprint import FileHashes
 
     config = wspo_config(
         assets,
@@ -242,7 +242,8 @@ def test_frozen_models_with_auto_map_leave_no_registration(
 ):
     from transformers import AutoModelForCausalLM, PretrainedConfig
 
-    from llamafactory_wspo.frozen import check_embedding_sizes, frozen_models
+    from llamafactory_wspo.frozen import frozen_models
+    from llamafactory_wspo.vocab import check_embedding_sizes
 
     class LoadedBefore(PretrainedConfig):  # e.g. the policy's own class, loaded (and registered) before
         pass

@@ -10,8 +10,15 @@ from helpers.in_process import run_exp_in_process
 from helpers.scripts import script_module
 from helpers.train import DS_Z3_CONFIG, grpo_config, run_train, train_logs
 
+from llamafactory_wspo.cli import main as cli_main
 
-demo_evaluate = script_module("demo/evaluate")  # the quickstart's evaluation: sampling outside the plugin
+
+def generate(*args: str) -> None:
+    r"""``llamafactory-wspo generate ARGS``, in this process (the command's own entry, without a process start)."""
+    assert cli_main(["generate", *map(str, args)]) == 0
+
+
+demo_evaluate = script_module("demo/evaluate")  # the quickstart's reading of the answers `generate` wrote
 
 
 pytestmark = pytest.mark.slow
@@ -45,14 +52,23 @@ def weak_sft(assets, tmp_path_factory) -> Path:
     return workdir / "out"
 
 
-def in_range_share(model_dir: Path, prompts: list[str], length_min: int, length_max: int) -> float:
-    r"""Share of sampled answers (8 per prompt) whose word count lies in the range: measured outside the plugin."""
-    answers = demo_evaluate.sample_answers(str(model_dir), prompts, num_samples=8, max_new_tokens=32, seed=0)
+def in_range_share(model_dir: Path, data_file: Path, length_min: int, length_max: int) -> float:
+    r"""Share of answers (8 sampled per prompt by `llamafactory-wspo generate`, as the quickstart samples them)
+    whose word count lies in the range."""
+    output = model_dir.parent / f"{model_dir.name}_answers.jsonl"
+    generate(
+        f"model_name_or_path={model_dir}",
+        "template=qwen",
+        f"input_file={data_file}",
+        f"output_file={output}",
+        *("num_samples=8", "temperature=1.0", "max_new_tokens=32", "seed=0", "infer_backend=huggingface"),
+    )
+    answers = [answer for _, samples in demo_evaluate.read_answers(output) for answer in samples]
     return sum(length_min <= len(answer.split()) <= length_max for answer in answers) / len(answers)
 
 
 def test_length_alignment_raises_the_in_range_share(assets, weak_sft, tmp_path, run_in_process):
-    prompts = demo_evaluate.load_prompts(str(assets / "data" / "tiny_sft_eval.json"))
+    prompts = assets / "data" / "tiny_sft_eval.json"
     config = grpo_config(
         assets,
         tmp_path,

@@ -1,4 +1,4 @@
-"""The gate of ``llamafactory_wspo/integration.py``: checks of what the plugin relies on, not of a version string.
+"""The gate of ``llamafactory_wspo/host/`` (``checks.py``, ``gate.py``, ``patches.py``): checks of what the plugin relies on, not of a version string.
 
 A host where one point moved is simulated by LLaMA-Factory as installed with one file edited (a package of links
 to the installed files, put first on ``PYTHONPATH``): a plugin stage then stops with one clear error naming the
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from helpers.train import run_train, wspo_config
 
-from llamafactory_wspo import _autoload, integration
+from llamafactory_wspo import _autoload
+from llamafactory_wspo.host import checks, gate, patches
 
 
 def _host_with_edit(site: Path, relpath: str, old: str, new: str) -> None:
@@ -50,12 +51,12 @@ with warnings.catch_warnings(record=True) as caught:
         create_ui()
 
 from llamafactory.extras.constants import TRAINING_STAGES
-from llamafactory_wspo import integration
+from llamafactory_wspo.host import gate
 
 out = {
     "warnings": [str(w.message) for w in caught if "llamafactory-wspo" in str(w.message)],
-    "training": integration.TRAINING.active,
-    "llamaboard": integration.LLAMABOARD.active,
+    "training": gate.TRAINING.active,
+    "llamaboard": gate.LLAMABOARD.active,
     "stages": list(TRAINING_STAGES),
 }
 try:
@@ -96,40 +97,38 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _tested_releases() -> str:
-    return f"LLaMA-Factory {' and '.join(integration.TESTED_VERSIONS)}"
+    return f"LLaMA-Factory {' and '.join(gate.TESTED_VERSIONS)}"
 
 
 def test_startup_hook_targets_exactly_the_gated_modules():
-    assert _autoload._TARGETS == {*integration.TRAINING.modules, *integration.LLAMABOARD.modules}
+    assert _autoload._TARGETS == {*gate.TRAINING.modules, *gate.LLAMABOARD.modules}
 
 
 def test_every_tuner_name_the_plugin_uses_is_checked():
     r"""``_plugin_training_function`` reaches the host through ``tuner.<name>``: each name is in the tuner's check."""
-    tree = ast.parse(inspect.getsource(integration._plugin_training_function))
+    tree = ast.parse(inspect.getsource(patches._plugin_training_function))
     used = {
         node.attr
         for node in ast.walk(tree)
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "tuner"
     }
-    assert used - {"ray"} == set(integration._TUNER_NAMES)  # `ray` only where is_ray_available() said so
+    assert used - {"ray"} == set(checks.TUNER_NAMES)  # `ray` only where is_ray_available() said so
 
 
-# The plugin's code that a training run does not import: command-line tools, LLaMA-Board, the gate itself, extras.
-_NOT_STAGE_CODE = ("cli", "webui", "extras", "integration.py", "_autoload.py", "inference.py")
+# The plugin's code that a training run does not import (command-line tools, LLaMA-Board), and the gate, which checks
+# the host before it relies on it.
+_NOT_STAGE_CODE = ("cli", "webui", "host/checks.py", "host/gate.py", "host/patches.py", "_autoload.py", "inference.py")
 
 
 def test_every_host_name_the_stages_import_is_checked():
     r"""Each ``from llamafactory... import name`` of the stages' code is a point of the tuner's check."""
-    package = Path(integration.__file__).parent
-    checked = {
-        (module, qualname.split(".")[0]) for module, names in integration._STAGE_APIS.items() for qualname in names
-    }
-    checked |= {
-        tuple(module.rsplit(".", 1)) for module in integration._STAGE_APIS
-    }  # `from llamafactory.data import loader`
+    package = Path(patches.__file__).parents[1]
+    checked = {(module, qualname.split(".")[0]) for module, names in checks.STAGE_APIS.items() for qualname in names}
+    checked |= {tuple(module.rsplit(".", 1)) for module in checks.STAGE_APIS}  # `from llamafactory.data import loader`
     imported = set()
     for path in sorted(package.rglob("*.py")):
-        if path.relative_to(package).parts[0] in _NOT_STAGE_CODE:
+        relative = path.relative_to(package)
+        if relative.parts[0] in _NOT_STAGE_CODE or relative.as_posix() in _NOT_STAGE_CODE:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("llamafactory."):
@@ -144,10 +143,10 @@ def test_every_check_holds_on_this_host():
     import llamafactory.train.tuner  # noqa: F401
     import llamafactory.webui.interface  # noqa: F401
 
-    for area in (integration.TRAINING, integration.LLAMABOARD):
+    for area in (gate.TRAINING, gate.LLAMABOARD):
         assert area.results == dict.fromkeys(area.modules), area.failures
         assert area.active
-    assert parser._TRAIN_ARGS[3].__module__ == "llamafactory_wspo.integration"
+    assert parser._TRAIN_ARGS[3].__module__ == "llamafactory_wspo.host.patches"
 
 
 @pytest.mark.slow
@@ -157,7 +156,7 @@ def test_another_version_string_with_the_same_points_is_supported(assets, tmp_pa
     _host_with_edit(site, "extras/env.py", 'VERSION = "', 'VERSION = "0.9.9"  # was "')
     out = _probe(assets, tmp_path, site, mode="parse")
     assert out["training"] and out["warnings"] == []
-    assert out["plugin_args"] == out["stock_args"] == "llamafactory_wspo.integration"
+    assert out["plugin_args"] == out["stock_args"] == "llamafactory_wspo.host.patches"
 
 
 MOVES = {
@@ -223,7 +222,7 @@ def test_moved_llamaboard_element_leaves_the_stock_board_and_training(assets, tm
     (warning,) = out["warnings"]
     assert "llamafactory.webui.components.train.create_train_tab has no element rlhf_tab" in warning
     assert "LLaMA-Board offers no plugin stage" in warning
-    assert out["stock_args"] == "llamafactory_wspo.integration"
+    assert out["stock_args"] == "llamafactory_wspo.host.patches"
 
 
 def _raising_patch(monkeypatch, version: str) -> tuple[list[str], str]:
@@ -235,7 +234,7 @@ def _raising_patch(monkeypatch, version: str) -> tuple[list[str], str]:
     import llamafactory.extras.env
 
     monkeypatch.setattr(llamafactory.extras.env, "VERSION", version)
-    area = integration.Area("training", ("llamafactory.fake",), effect="Asking for `stage: wspo` stops with an error")
+    area = gate.Area("training", ("llamafactory.fake",), effect="Asking for `stage: wspo` stops with an error")
     module = types.ModuleType("llamafactory.fake")
 
     def patch(module) -> None:
@@ -243,17 +242,17 @@ def _raising_patch(monkeypatch, version: str) -> tuple[list[str], str]:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        integration._check_and_patch(area, module, check=lambda module: None, patch=patch)
+        patches._check_and_patch(area, module, check=lambda module: None, patch=patch)
     assert not area.active
-    with pytest.raises(integration.UnsupportedLlamaFactoryError) as raised:
-        area.require("wspo")
+    with pytest.raises(gate.UnsupportedLlamaFactoryError) as raised:
+        area.require("wspo", patches.on_import)
     return [str(warning.message) for warning in caught], str(raised.value)
 
 
 def test_a_raising_patch_is_named_as_the_plugins_fault(monkeypatch):
     r"""On a tested release a patch that raises is a bug of the plugin: the error names the patch and its error and
     asks for a report; it does not blame the release."""
-    tested = integration.TESTED_VERSIONS[0]
+    tested = gate.TESTED_VERSIONS[0]
     (warning,), message = _raising_patch(monkeypatch, tested)
     what = "llamafactory-wspo's patch of llamafactory.fake raised KeyError: 'FinetuningArguments'"
     for text in (warning, message):
@@ -275,8 +274,8 @@ def test_a_moved_point_on_a_tested_release_is_not_another_release(monkeypatch):
     r"""A point that moved on a host reporting a tested version: a modified installation, not "another release"."""
     import llamafactory.extras.env
 
-    monkeypatch.setattr(llamafactory.extras.env, "VERSION", integration.TESTED_VERSIONS[0])
-    area = integration.Area("training", ("llamafactory.fake",), effect="...")
+    monkeypatch.setattr(llamafactory.extras.env, "VERSION", gate.TESTED_VERSIONS[0])
+    area = gate.Area("training", ("llamafactory.fake",), effect="...")
     area.record("llamafactory.fake", "llamafactory.fake.run is missing")
     message = area.message("`stage: wpo`")
     assert "is a tested release, but differs from it at a point the plugin relies on: llamafactory.fake.run" in message

@@ -96,13 +96,28 @@ def test_wspo_loss_optimum_is_weak_shift_over_gamma():
 
 
 def test_wspo_loss_gradient_flows_only_through_policy(batch):
+    r"""The reference log-probs and the weak shift are constants of the loss: even when they require a gradient,
+    backward leaves them without one, and the policy's gradient is the closed form of the squared error."""
     logits, labels = batch
     logits = torch.from_numpy(logits).requires_grad_(True)
     policy_logps, mask = per_token_logps(logits, torch.from_numpy(labels))
-    ref = policy_logps.detach() - 0.5
-    loss = wspo_loss(policy_logps, ref, torch.zeros_like(ref), mask, 0.1).mean()
-    loss.backward()
+    policy_logps.retain_grad()
+    rng = np.random.default_rng(2)
+    ref = torch.from_numpy(policy_logps.detach().numpy() - 0.5 + rng.normal(size=mask.shape) * 0.1).float()
+    weak_shift = torch.from_numpy(rng.normal(size=mask.shape) * 0.05).float()
+    ref.requires_grad_(True)
+    weak_shift.requires_grad_(True)
+    gamma = 0.1
+    wspo_loss(policy_logps, ref, weak_shift, mask, gamma).mean().backward()
+
+    assert ref.grad is None, "the reference log-probs received a gradient"  # the loss must detach them
+    assert weak_shift.grad is None, "the weak shift received a gradient"
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+    # d/dp_t of mean_b (1/T_b) sum_t (gamma (p_t - r_t) - w_t)^2 = 2 gamma (gamma (p_t - r_t) - w_t) / (T_b B)
+    p, r, w = (t.detach().double() for t in (policy_logps, ref, weak_shift))
+    tokens = mask.sum(-1, keepdim=True).double()
+    expected = 2 * gamma * (gamma * (p - r) - w) * mask / (tokens * mask.size(0))
+    assert torch.allclose(policy_logps.grad.double(), expected, atol=1e-7)
 
 
 def test_sft_loss_is_mean_negative_log_likelihood(batch):

@@ -9,8 +9,8 @@ import random
 
 import pytest
 import torch
+from helpers.tiny_tokenizers import KINDS, build_tokenizer, random_text, random_texts
 
-from llamafactory_wspo.extras.tiny_tokenizers import KINDS, build_tokenizer, random_text, random_texts
 from llamafactory_wspo.projection import (
     NOT_SCORED,
     UNMATCHED,

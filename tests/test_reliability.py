@@ -18,8 +18,9 @@ from datasets import Dataset
 from helpers.tiny_lm import TinyFrozen, collate, examples
 from helpers.train import BIN, ROOT, base_env, free_port, train_logs, wpo_config, wspo_config
 
-from llamafactory_wspo import precompute
-from llamafactory_wspo.identity import FileHashes, weights_identity
+from llamafactory_wspo.logps import precompute
+from llamafactory_wspo.logps import store as cache_store
+from llamafactory_wspo.logps.fingerprint import FileHashes, weights_identity
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def _precompute(cache: Path, model: TinyFrozen | None = None, num: int = 12):
     return precompute.precompute_logps(
         [Dataset.from_dict(examples(num))],
         [model or TinyFrozen()],
-        lambda logps: {precompute.REF_LOGPS: logps["ref"]},
+        lambda logps: {cache_store.REF_LOGPS: logps["ref"]},
         collate,
         str(cache),
         {},
@@ -51,7 +52,7 @@ def _precompute(cache: Path, model: TinyFrozen | None = None, num: int = 12):
 
 def _values(store) -> dict[int, torch.Tensor]:
     return {
-        int(uid): store.columns[precompute.REF_LOGPS][store.offsets[i] : store.offsets[i + 1]]
+        int(uid): store.columns[cache_store.REF_LOGPS][store.offsets[i] : store.offsets[i + 1]]
         for i, uid in enumerate(store.uids)
     }
 
@@ -179,7 +180,7 @@ def test_damaged_cache_is_computed_again_with_one_warning(tmp_path, plugin_log, 
     (target,) = [path for path in cache.iterdir() if path.is_dir()]
     (shard,) = target.glob("shard-*")
     if how == "manifest":
-        manifest = target / precompute.MANIFEST
+        manifest = target / cache_store.MANIFEST
         manifest.write_text(manifest.read_text()[:40])
         damaged = manifest
     else:

@@ -7,8 +7,8 @@ The server runs as the command on a free 127.0.0.1 port; LLaMA-Factory's own cli
 
 import os
 import subprocess
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -16,7 +16,7 @@ from helpers.cli import cli_command
 from helpers.train import base_env, free_port
 
 from llamafactory_wspo.cli.reward_server import ResponseExtractor, create_app, remove_thought, strip_trailing
-from llamafactory_wspo.rewards import length_reward
+from llamafactory_wspo.length_reward import length_reward
 
 
 LENGTH_MIN, LENGTH_MAX = 3, 5
@@ -239,6 +239,10 @@ def test_hostile_bodies_are_answered_or_refused_at_once(server, tiny_template):
     url = f"{server}/v1/score/evaluation"
     requests.post(url, json={"model": "m", "messages": [normal]}, timeout=30)  # warm
 
+    def normal_request() -> tuple[requests.Response, float]:
+        time.sleep(0.05)  # while a hostile body is being handled
+        return post_timed(url, json.dumps({"model": "m", "messages": [normal]}).encode())
+
     # the response of each hostile text, once cut out: an unclosed reasoning block, and stop words only
     hostile = {
         "think": normal[: normal.rfind(QWEN_MARKER) + len(QWEN_MARKER)] + " cat dog" + "<think>\n" * (1 << 17),
@@ -247,22 +251,19 @@ def test_hostile_bodies_are_answered_or_refused_at_once(server, tiny_template):
     for name, text in hostile.items():
         body = json.dumps({"model": "m", "messages": [text]}).encode()
         assert len(body) >= 2**20, name
-        timings: dict[str, float] = {}
 
-        def normal_request(timings: dict[str, float] = timings) -> None:
-            time.sleep(0.05)  # while the hostile body is being handled
-            reply, timings["normal"] = post_timed(url, json.dumps({"model": "m", "messages": [normal]}).encode())
-            assert reply.status_code == 200 and reply.json()["scores"] == [HAND_SCORES[0]]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            normal_future = pool.submit(normal_request)
+            reply, hostile_seconds = post_timed(url, body)
+            normal_reply, normal_seconds = normal_future.result()  # its exceptions are raised here
 
-        thread = threading.Thread(target=normal_request)
-        thread.start()
-        reply, timings["hostile"] = post_timed(url, body)
-        thread.join()
+        assert normal_reply.status_code == 200, (name, normal_reply.text[:300])
+        assert normal_reply.json()["scores"] == [HAND_SCORES[0]], name
         assert reply.status_code == 200, (name, reply.text[:300])
         kept = "cat dog" if name == "stop words" else "cat dog" + "<think>\n" * (1 << 17)
         expected = length_reward([kept], LENGTH_MIN, LENGTH_MAX)[0]
         assert reply.json()["scores"] == [pytest.approx(expected)], name
-        assert timings["hostile"] < 0.8 and timings["normal"] < 0.8, (name, timings)
+        assert hostile_seconds < 0.8 and normal_seconds < 0.8, (name, hostile_seconds, normal_seconds)
 
     too_big = json.dumps({"model": "m", "messages": ["x" * (MAX_REQUEST_BYTES + 1)]}).encode()
     reply, seconds = post_timed(url, too_big)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers.train import DS_Z3_CONFIG, run_train, wspo_config
 
-from llamafactory_wspo.precompute import read_cache
+from llamafactory_wspo.logps.store import read_cache
 
 
 def _cache(workdir):

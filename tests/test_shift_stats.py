@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from llamafactory_wspo import shift_stats
-from llamafactory_wspo.precompute import MANIFEST_VERSION, REF_LOGPS, WEAK_SHIFT, manifest_version
-from llamafactory_wspo.projection import WEAK_PROJECTION
-from llamafactory_wspo.shift_stats import (
+from llamafactory_wspo.logps import shift_stats
+from llamafactory_wspo.logps.shift_stats import (
     BIN_WIDTH,
     SHIFT,
     STATISTICS_KEY,
@@ -24,6 +22,8 @@ from llamafactory_wspo.shift_stats import (
     statistics,
     token_mean,
 )
+from llamafactory_wspo.logps.store import MANIFEST_VERSION, REF_LOGPS, WEAK_SHIFT, manifest_version
+from llamafactory_wspo.projection import WEAK_PROJECTION
 
 
 def _values(seed: int, n: int) -> torch.Tensor:
@@ -237,7 +237,7 @@ def _tiny_pass(cache: Path):
     from datasets import Dataset
     from helpers.tiny_lm import TinyFrozen, collate, examples
 
-    from llamafactory_wspo import precompute
+    from llamafactory_wspo.logps import precompute
 
     models = [TinyFrozen("ref", 2), TinyFrozen("weak_base", 0), TinyFrozen("weak_aligned", 1)]
     store = precompute.precompute_logps(

@@ -14,7 +14,7 @@ import yaml
 from helpers.cli import one_line_error, run_cli
 from helpers.train import ROOT
 
-from llamafactory_wspo.extras.tiny_families import template_special_tokens
+from llamafactory_wspo.cli.smoke_families import template_special_tokens
 
 
 PLUGIN_STAGES = ("wspo", "wpo", "grpo")

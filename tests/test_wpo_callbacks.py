@@ -74,8 +74,8 @@ def test_trainer_records_its_steps_and_resumes_from_a_checkpoint(assets, tmp_pat
     from llamafactory.model import load_model, load_tokenizer
 
     from llamafactory_wspo.data import PairwiseDataCollatorWithLogps
-    from llamafactory_wspo.extras.ploting import plot_wpo_weights
     from llamafactory_wspo.losses import IGNORE_INDEX
+    from llamafactory_wspo.train.plots import plot_wpo_weights
     from llamafactory_wspo.train.wpo.trainer import CustomWPOTrainer
 
     config = wpo_config(assets, tmp_path, pref_loss="simpo", plot_loss=True, save_strategy="steps", save_steps=2)

@@ -88,6 +88,7 @@ def test_unpaired_weights_sum_to_one_per_group():
     assert out.tolist() == pytest.approx([0.2 / 1.3, 0.6 / 1.3, 0.1 / 0.4, 0.3 / 0.4, 0.5 / 1.3])
 
 
+@pytest.mark.slow  # 1 GiB of logits in a subprocess
 def test_weight_computation_memory_on_long_sequence_large_vocab():
     r"""Peak RSS of the weight computation stays far below a second copy of the logits."""
     import subprocess

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_assets
 from helpers.train import DS_Z3_CONFIG, log_history, run_train, train_logs, wspo_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from llamafactory_wspo.extras import tiny_assets
 
 
 pytestmark = pytest.mark.slow

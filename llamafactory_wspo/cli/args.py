@@ -234,7 +234,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) ->
 
 def check_length_options(length_min: int, length_max: int) -> None:
     r"""The length reward's range (``--length_min``, ``--length_max``) as one command-line error."""
-    from ..rewards import check_length_range
+    from ..length_reward import check_length_range
 
     try:
         check_length_range(length_min, length_max)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..rewards import DEFAULT_LENGTH_MAX, DEFAULT_LENGTH_MIN, check_length_range, length_reward
+from ..length_reward import DEFAULT_LENGTH_MAX, DEFAULT_LENGTH_MIN, check_length_range, length_reward
 from .args import CliError, check_length_options, option, parse_args, run_command
 
 
@@ -33,7 +33,7 @@ marker (a prompt cut by cutoff_len) is an error (HTTP 422) unless missing_marker
 body larger than max_request_bytes is refused with HTTP 413 before it is read further.
 """
 SENTINEL = "\u0000CONTENT\u0000"  # stands for the user's message when the template's user turn is rendered
-logger = logging.getLogger("llamafactory_wspo.reward_server")
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -172,7 +172,7 @@ class TinyModels:
         hf_logging.disable_progress_bar()  # "Writing model shards" of every tiny model
 
     def _tokenizer(self, template: str) -> Path:
-        from ..extras import tiny_families
+        from . import smoke_families as tiny_families
 
         path = self.root / template / "tokenizer"
         if not path.is_dir():
@@ -184,7 +184,7 @@ class TinyModels:
         return self.root / template / f"{kind}-{slug or 'model'}"
 
     def causal_lm(self, template: str, name: str) -> Path:
-        from ..extras import tiny_families
+        from . import smoke_families as tiny_families
 
         path = self._slot(template, "lm", name)
         if not path.is_dir():
@@ -192,7 +192,7 @@ class TinyModels:
         return path
 
     def reward_model(self, template: str, name: str) -> Path:
-        from ..extras import tiny_families
+        from . import smoke_families as tiny_families
 
         path = self._slot(template, "rm", name)
         if not path.is_dir():
@@ -200,7 +200,7 @@ class TinyModels:
         return path
 
     def adapter(self, model_dir: Path, name: str) -> Path:
-        from ..extras import tiny_families
+        from . import smoke_families as tiny_families
 
         path = model_dir.parent / f"{model_dir.name}-lora-{tiny_families.model_seed(name)}"
         if not path.is_dir():
@@ -209,7 +209,7 @@ class TinyModels:
 
 
 def swap_models(swap: Swap, models: TinyModels) -> None:
-    from ..extras.tiny_families import family_of
+    from .smoke_families import family_of
 
     config = swap.config
     template = config.get("template")
@@ -454,8 +454,8 @@ def preflight(model_args, data_args, training_args, finetuning_args) -> None:
         check_model_paths(model_args, finetuning_args)
         check_wpo_data(data_args, finetuning_args.pref_loss == "kto")
     else:
-        from ..extras.compat import fix_trl_availability_flags
-        from ..train.grpo.rewards import resolve_reward_funcs
+        from ..host.compat import fix_trl_availability_flags
+        from ..train.grpo.reward_funcs import resolve_reward_funcs
 
         check_model_paths(model_args, finetuning_args, ())
         resolve_reward_funcs(finetuning_args)

@@ -5,7 +5,7 @@ grouping by length or packing cannot misalign values and examples. The columns c
 ``(batch, length - 1)`` tensors aligned with ``labels[:, 1:]``, zero outside the responses.
 
 With cross-tokenizer WSPO the rows also carry the weak rendering (``weak_*`` columns, see
-:mod:`llamafactory_wspo.data.cross`): it keys the store together with the strong ids, and without a store
+:mod:`llamafactory_wspo.data.weak_side`): it keys the store together with the strong ids, and without a store
 (per-step mode) it is padded into the batch for the weak models.
 """
 
@@ -21,8 +21,8 @@ from llamafactory.data import (
 )
 from typing_extensions import override
 
+from ..logps.store import KL_PREFIX, LogpsStore, row_uid
 from ..losses import IGNORE_INDEX, response_mask
-from ..precompute import KL_PREFIX, LogpsStore, row_uid
 from ..projection import PADDING, WEAK_ATTENTION_MASK, WEAK_COLUMNS, WEAK_INPUT_IDS, WEAK_LABELS, WEAK_PROJECTION
 
 

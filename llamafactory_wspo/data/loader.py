@@ -1,6 +1,6 @@
 """WSPO data: LLaMA-Factory's own loading and templates, SFT-format or pairwise data sets."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -9,9 +9,10 @@ from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras.constants import IGNORE_INDEX
 
 from ..logging import get_logger
-from ..precompute import KL_PREFIX
+from ..logps.store import KL_PREFIX
 from ..projection import WEAK_INPUT_IDS
-from .cross import report_weak_side, weak_side_in_dataset_pass
+from .splits import dataset_splits, map_splits
+from .weak_side import report_weak_side, weak_side_in_dataset_pass
 
 
 logger = get_logger(__name__)
@@ -24,67 +25,10 @@ if TYPE_CHECKING:
     from transformers import Seq2SeqTrainingArguments
 
     from ..hparams import WSPOArguments
-    from .cross import WeakSide
+    from .weak_side import WeakSide
 
 
 _PAIR_COLUMNS = ("input_ids", "attention_mask", "labels")
-_SPLITS = ("train_dataset", "eval_dataset")
-
-
-def map_splits(fn: Callable[["Dataset"], Any], dataset_module: dict[str, Any]) -> dict[str, Any]:
-    r"""``dataset_module`` with ``fn`` applied to the training set and to each evaluation set.
-
-    LLaMA-Factory's ``get_dataset`` gives one evaluation set, or a dict of named ones when ``eval_dataset``
-    names several; the dict shape is kept.
-    """
-    out = dict(dataset_module)
-    for key in _SPLITS:
-        value = dataset_module.get(key)
-        if isinstance(value, dict):
-            out[key] = {name: fn(dataset) for name, dataset in value.items()}
-        elif value is not None:
-            out[key] = fn(value)
-
-    return out
-
-
-def dataset_splits(dataset_module: dict[str, Any]) -> list["Dataset"]:
-    r"""The training set and every evaluation set of ``dataset_module``, as a flat list."""
-    splits: list[Dataset] = []
-    map_splits(splits.append, dataset_module)
-    return splits
-
-
-def _is_ranking(dataset_names: list[str] | None, data_args: "DataArguments") -> bool | None:
-    if not dataset_names:
-        return None
-
-    kinds = {attr.ranking for attr in get_dataset_list(dataset_names, data_args.dataset_dir)}
-    if len(kinds) > 1:
-        raise ValueError(
-            f"`dataset`/`eval_dataset` mix pairwise and SFT-format data sets ({', '.join(dataset_names)}): "
-            "use data sets of one kind in a WSPO run."
-        )
-
-    return kinds.pop()
-
-
-def check_wspo_data(data_args: "DataArguments", finetuning_args: "WSPOArguments") -> bool:
-    r"""Check the data sets against ``wspo_response`` before anything loads; return whether they are pairwise."""
-    ranking = _is_ranking(data_args.dataset, data_args)
-    eval_ranking = _is_ranking(data_args.eval_dataset, data_args)
-    if ranking is not None and eval_ranking is not None and ranking != eval_ranking:
-        raise ValueError("`dataset` and `eval_dataset` must both be pairwise or both be SFT-format for WSPO.")
-
-    pairwise = bool(ranking if ranking is not None else eval_ranking)
-    if not pairwise and finetuning_args.wspo_response != "chosen":
-        names = ", ".join((data_args.dataset or []) + (data_args.eval_dataset or []))
-        raise ValueError(
-            f"`wspo_response: {finetuning_args.wspo_response}` needs a pairwise (ranking) data set, but {names} has "
-            "no pairs: use `wspo_response: chosen` (the default) to train on its responses."
-        )
-
-    return pairwise
 
 
 def _scored(labels: list[int]) -> bool:
@@ -192,7 +136,7 @@ def get_wspo_dataset(
     r"""Load, template and tokenize through LLaMA-Factory; pairwise sets become (prompt, response) examples.
 
     With ``weak_side`` (cross-tokenizer WSPO) each row also gets the weak rendering, made in the same pass
-    (:mod:`llamafactory_wspo.data.cross`).
+    (:mod:`llamafactory_wspo.data.weak_side`).
     """
     dataset_names = (data_args.dataset or []) + (data_args.eval_dataset or [])
     names = ", ".join(dataset_names)

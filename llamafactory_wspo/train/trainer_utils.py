@@ -10,7 +10,7 @@ from llamafactory.extras.ploting import plot_loss
 from llamafactory.train.trainer_utils import create_modelcard_and_push
 
 from ..data import dataset_splits
-from ..precompute import precompute_logps
+from ..logps.precompute import precompute_logps
 
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from ..frozen import FrozenModels
     from ..hparams import PluginArguments
-    from ..precompute import LogpsStore
+    from ..logps.store import LogpsStore
 
 
 def _looks_like_path(name: str) -> bool:

@@ -1,11 +1,12 @@
-"""LLaMA-Board (``llamafactory-cli webui``): the ``wspo`` and ``wpo`` stages in the Train tab.
+"""LLaMA-Board (``llamafactory-cli webui``): the ``wspo``, ``wpo`` and ``grpo`` stages in the Train tab.
 
-:func:`llamafactory_wspo.integration.on_import` calls :func:`check`, then :func:`patch`, right after
+:func:`llamafactory_wspo.host.patches.on_import` calls :func:`check`, then :func:`patch`, right after
 LLaMA-Factory has executed one of LLaMA-Board's modules; each is handled by the module of the same name here,
 whose ``check`` names every point of the host module that its ``patch`` relies on:
 
-* ``webui.control`` (:mod:`.control`): the stage labels ``WSPO`` and ``WPO`` join ``TRAINING_STAGES`` (after the
-  stock ones), ``wpo`` joins the stages that list pairwise data sets, and WSPO lists data sets of both kinds;
+* ``webui.control`` (:mod:`.control`): the stage labels ``WSPO``, ``WPO`` and ``GRPO`` join ``TRAINING_STAGES``
+  (after the stock ones), ``wpo`` joins the stages that list pairwise data sets, and WSPO lists data sets of both
+  kinds;
 * ``webui.components.train`` (:mod:`.components.train`): the Train tab gets one more accordion (after "RLHF
   configurations") with the settings of the selected plugin stage, hidden for every other stage; its elements are
   registered like the stock ones (``train.weak_base_model``, ...), so "Save/Load arguments" and a resumed run keep
@@ -15,7 +16,7 @@ whose ``check`` names every point of the host module that its ``patch`` relies o
 * ``webui.engine`` (:mod:`.engine`): checked only (the language switch and the element manager).
 
 The stages join the "Stage" list only once all four modules are checked and every check holds (the
-``LLAMABOARD`` area of :mod:`llamafactory_wspo.integration`); otherwise the Train tab is the stock one, with one
+``LLAMABOARD`` area of :mod:`llamafactory_wspo.host.gate`); otherwise the Train tab is the stock one, with one
 warning naming the point. Stock stages build exactly the arguments and the saved configurations that they build
 without the plugin. Nothing here is imported before LLaMA-Board itself is.
 """
@@ -36,7 +37,7 @@ def _counterpart(module):
 
 
 def check(module) -> None:
-    r"""Raise :class:`~llamafactory_wspo.integration.HostMismatch` where ``module`` lacks a point the patch needs."""
+    r"""Raise :class:`~llamafactory_wspo.host.checks.HostMismatch` where ``module`` lacks a point the patch needs."""
     _counterpart(module).check(module)
 
 

@@ -2,7 +2,7 @@
 
 import functools
 
-from ..integration import HostMismatch, host_attr, host_module
+from ..host.checks import HostMismatch, host_attr, host_module
 from .common import UI_STAGES, get_stage
 from .locales import LOCALES
 
@@ -29,7 +29,7 @@ def patch(control):
 
 
 def _add_stages() -> None:
-    r"""Add ``WSPO`` and ``WPO`` after the stock stages (``wpo`` lists pairwise data sets), and their labels."""
+    r"""Add ``WSPO``, ``WPO`` and ``GRPO`` after the stock stages (``wpo`` lists pairwise data sets), and labels."""
     from llamafactory.extras import constants
     from llamafactory.webui import locales
 

@@ -1,6 +1,6 @@
 """``llamafactory.webui.engine``: checked only; the Train tab wraps the engine's language switch when it is built."""
 
-from ..integration import host_attr, host_module
+from ..host.checks import host_attr, host_module
 
 
 def check(engine) -> None:

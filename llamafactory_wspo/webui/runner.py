@@ -4,7 +4,7 @@ import functools
 import json
 from typing import Any
 
-from ..integration import HostMismatch, host_attr, host_module
+from ..host.checks import HostMismatch, host_attr, host_module
 from .common import FIELDS, STAGE_FIELDS, STAGE_HOST_KEYS, get_stage, localize
 from .locales import ERR_NO_WEAK_MODEL
 

@@ -4,18 +4,18 @@
 
 writes ``tokenizer/`` (byte-level BPE by default, with a word-sized vocabulary: about 900 entries, each word of the
 task one token, spaces attached as Llama-3 and Qwen attach them) and ``weak/``, a random Qwen2 model sized to it
-(:func:`llamafactory_wspo.extras.tiny_tokenizers.build_weak_family`).
+(:func:`tests.helpers.tiny_tokenizers.build_weak_family`).
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from llamafactory_wspo.extras.tiny_tokenizers import KINDS, build_weak_family
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 from _cli import parse_args  # noqa: E402
+
+from tests.helpers.tiny_tokenizers import KINDS, build_weak_family  # noqa: E402
 
 
 def main() -> None:

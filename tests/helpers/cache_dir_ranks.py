@@ -23,7 +23,7 @@ from helpers.tiny_lm import TinyFrozen, collate, examples
 
 
 def _precompute(cache_dir: Path, model: TinyFrozen):
-    from llamafactory_wspo import precompute
+    from llamafactory_wspo.logps import precompute
 
     return precompute.precompute_logps(
         [Dataset.from_dict(examples())], [model], lambda logps: {"ref_logps": logps["ref"]}, collate,
@@ -36,7 +36,7 @@ def main() -> None:
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank = dist.get_rank()
     result = {"rank": rank}
-    import llamafactory_wspo.precompute  # noqa: F401 (imported before the clock starts, as in a run)
+    import llamafactory_wspo.logps.precompute  # noqa: F401 (imported before the clock starts, as in a run)
 
     dist.barrier()
 

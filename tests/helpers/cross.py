@@ -4,7 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
-from llamafactory_wspo.extras.tiny_tokenizers import build_weak_family
+from helpers.tiny_tokenizers import build_weak_family
 
 
 WEAK_TEMPLATE = "llama3"  # the weak family's chat template (the tiny strong models use qwen)

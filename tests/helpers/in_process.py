@@ -59,7 +59,7 @@ def plugin_is_active() -> bool:
     r"""Whether LLaMA-Factory's training parser, as imported here, has the plugin's arguments."""
     import llamafactory.hparams.parser as parser
 
-    return any(cls.__module__ == "llamafactory_wspo.integration" for cls in parser._TRAIN_ARGS)
+    return any(cls.__module__ == "llamafactory_wspo.host.patches" for cls in parser._TRAIN_ARGS)
 
 
 @contextmanager

@@ -24,7 +24,8 @@ def main() -> None:
     cache_dir, finished = sys.argv[1], sys.argv[2]
     dist.init_process_group("gloo", timeout=timedelta(seconds=30))
     rank = dist.get_rank()
-    from llamafactory_wspo import precompute
+    from llamafactory_wspo.logps import precompute
+    from llamafactory_wspo.logps import store as cache_store
 
     checked = os.path.join(cache_dir, "rank0-checked")
     if rank == 1:  # the other run: it completes the cache once rank 0 has looked
@@ -34,7 +35,7 @@ def main() -> None:
                 time.sleep(0.05)
             for key in next(os.walk(finished))[1]:  # as a run writes: shards first, the manifest last, atomically
                 os.makedirs(os.path.join(cache_dir, key), exist_ok=True)
-                for name in sorted(os.listdir(os.path.join(finished, key)), key=lambda n: n == precompute.MANIFEST):
+                for name in sorted(os.listdir(os.path.join(finished, key)), key=lambda n: n == cache_store.MANIFEST):
                     tmp = os.path.join(cache_dir, key, ".tmp-copy")
                     shutil.copyfile(os.path.join(finished, key, name), tmp)
                     os.replace(tmp, os.path.join(cache_dir, key, name))
@@ -45,7 +46,7 @@ def main() -> None:
     real_isfile = os.path.isfile
 
     def isfile(path):
-        if path.endswith(precompute.MANIFEST):
+        if path.endswith(cache_store.MANIFEST):
             if rank == 0:
                 result = real_isfile(path)
                 open(checked, "w").close()

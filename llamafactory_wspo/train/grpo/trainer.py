@@ -1,7 +1,7 @@
 """``CustomGRPOTrainer``: TRL's ``GRPOTrainer`` with LLaMA-Factory's optimizer and scheduler choices.
 
 With TRL 0.24 and transformers 5, import this module only after
-:func:`llamafactory_wspo.extras.compat.fix_trl_availability_flags` (the plugin's stage dispatch calls it).
+:func:`llamafactory_wspo.host.compat.fix_trl_availability_flags` (the plugin's stage dispatch calls it).
 """
 
 from dataclasses import fields

@@ -14,9 +14,10 @@ from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
 from llamafactory.model import load_model, load_tokenizer
 
 from ...data import map_splits
+from ...host.compat import ensure_warnings_issued
 from ...logging import get_logger
 from ..trainer_utils import check_model_paths, train_and_evaluate
-from .rewards import resolve_reward_funcs
+from .reward_funcs import resolve_reward_funcs
 
 
 if TYPE_CHECKING:
@@ -67,8 +68,7 @@ def run_grpo(
         f"prompt, KL coefficient {finetuning_args.grpo_beta}."
     )
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
-    if not hasattr(model, "warnings_issued"):  # TRL 0.24 writes to this dict, which transformers 5 removed
-        model.warnings_issued = {}
+    ensure_warnings_issued(model)
 
     trainer = CustomGRPOTrainer(
         model=model,

@@ -7,8 +7,8 @@ import torch
 from llamafactory.train.kto.trainer import CustomKTOTrainer
 from typing_extensions import override
 
+from ...logps.store import KL_PREFIX, REF_LOGPS
 from ...losses import response_mask, wpo_sequence_weight, wpo_unpaired_weights
-from ...precompute import KL_PREFIX, REF_LOGPS
 from ...scoring import score_tokens
 from ..callbacks import WPOWeightsCallback
 from ..guards import FiniteLossMixin

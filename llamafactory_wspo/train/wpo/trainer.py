@@ -7,8 +7,8 @@ from llamafactory.train.dpo.trainer import CustomDPOTrainer
 from llamafactory.train.trainer_utils import nested_detach
 from typing_extensions import override
 
+from ...logps.store import REF_LOGPS
 from ...losses import response_mask, wpo_pair_weight, wpo_sequence_weight
-from ...precompute import REF_LOGPS
 from ...scoring import score_tokens
 from ..callbacks import WPOWeightsCallback
 from ..guards import FiniteLossMixin

@@ -4,7 +4,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
-from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.model import load_model, load_tokenizer
 
@@ -12,15 +11,17 @@ from ...data import (
     KTODataCollatorWithLogps,
     PairwiseDataCollatorWithLogps,
     SFTDataCollatorWithLogps,
+    check_wpo_data,
     drop_unscored,
     kto_rows,
     max_token_id,
     select_responses,
 )
-from ...extras.ploting import plot_wpo_weights
-from ...frozen import check_embedding_sizes, check_vocabularies, frozen_models
+from ...frozen import frozen_models
 from ...logging import get_logger
-from ...precompute import REF_LOGPS
+from ...logps.store import REF_LOGPS
+from ...vocab import check_embedding_sizes, check_vocabularies
+from ..plots import plot_wpo_weights
 from ..trainer_utils import check_model_paths, precompute_frozen_logps, train_and_evaluate
 from .kto_trainer import CustomWPOKTOTrainer
 from .trainer import CustomWPOTrainer
@@ -34,29 +35,6 @@ if TYPE_CHECKING:
 
 
 logger = get_logger(__name__)
-
-
-def check_wpo_data(data_args: "DataArguments", kto: bool) -> None:
-    r"""WPO re-weights preference pairs (``"ranking": true``); its KTO form takes KTO data (a ``kto_tag`` column)."""
-    names = (data_args.dataset or []) + (data_args.eval_dataset or [])
-    attrs = get_dataset_list(names, data_args.dataset_dir)
-    if kto:
-        untagged = [name for name, attr in zip(names, attrs) if attr.ranking or not attr.kto_tag]
-        if untagged:
-            raise ValueError(
-                "`pref_loss: kto` needs KTO-format data sets (a `kto_tag` column in dataset_info.json), but "
-                f"{', '.join(untagged)} has none: use LLaMA-Factory's KTO format, or a per-pair `pref_loss`."
-            )
-
-        return
-
-    unpaired = [name for name, attr in zip(names, attrs) if not attr.ranking]
-    if unpaired:
-        raise ValueError(
-            '`stage: wpo` needs pairwise data sets (`"ranking": true` in dataset_info.json), but '
-            f"{', '.join(unpaired)} has no pairs: use a preference data set such as ultrafeedback_binarized, "
-            "or `pref_loss: kto` with KTO-format data."
-        )
 
 
 def run_wpo(

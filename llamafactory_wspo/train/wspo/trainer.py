@@ -8,35 +8,20 @@ from llamafactory.train.pt.trainer import CustomTrainer
 from trl.trainer.utils import disable_dropout_in_model
 from typing_extensions import override
 
+from ...logps.shift_stats import token_mean
+from ...logps.store import REF_LOGPS, WEAK_SHIFT
 from ...losses import response_mask, sft_loss, wspo_loss
-from ...precompute import REF_LOGPS, WEAK_SHIFT
 from ...scoring import TokenScores, score_tokens
-from ...shift_stats import token_mean
 from ..guards import FiniteLossMixin
 from ..metrics import PreferenceMetricsMixin
 from ..trainer_utils import prepare_frozen_model
-from .cross import PROJECTION_COLUMNS, pop_weak_batch, project_per_step, projection_metrics
+from .targets import WSPO_COLUMNS, pop_weak_batch, project_per_step, projection_metrics, wspo_targets
 
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from ...hparams import WSPOArguments
-
-
-WSPO_COLUMNS = (REF_LOGPS, WEAK_SHIFT, *PROJECTION_COLUMNS)
-
-
-def wspo_targets(logps: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    r"""The constant per-token parts of the WSPO loss, stored in the run's ``dtype``.
-
-    ``WEAK_SHIFT`` is ``w_t = log pi_w*(y_t) - log pi_w0(y_t)`` (taken in float32, then cast) and
-    ``REF_LOGPS`` is ``log pi_ref(y_t)``.
-    """
-    return {
-        REF_LOGPS: logps["ref"].to(dtype),
-        WEAK_SHIFT: (logps["weak_aligned"] - logps["weak_base"]).to(dtype),
-    }
 
 
 class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):

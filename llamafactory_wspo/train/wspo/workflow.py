@@ -8,13 +8,13 @@ from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.model import load_model, load_tokenizer
 
 from ...data import SFTDataCollatorWithLogps, check_wspo_data, get_wspo_dataset, max_token_id
-from ...data.cross import cross_tokenizer_side
-from ...frozen import check_embedding_sizes, frozen_models
+from ...frozen import frozen_models
 from ...logging import get_logger
-from ...shift_stats import report as report_weak_shift
+from ...logps.shift_stats import report as report_weak_shift
+from ...vocab import check_embedding_sizes, cross_tokenizer_side
 from ..trainer_utils import check_model_paths, precompute_frozen_logps, train_and_evaluate
-from .cross import projected_targets
-from .trainer import CustomWSPOTrainer, wspo_targets
+from .targets import projected_targets, wspo_targets
+from .trainer import CustomWSPOTrainer
 
 
 if TYPE_CHECKING:

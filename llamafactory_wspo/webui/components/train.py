@@ -4,7 +4,8 @@ import dataclasses
 import functools
 from typing import Any
 
-from ... import integration
+from ...host.checks import HostMismatch, host_attr, host_module, keyword_names
+from ...host.gate import LLAMABOARD
 from ...hparams import WPO_ALIGNMENTS, WPO_WEIGHTINGS, WSPO_RESPONSES, WSPOArguments
 from ..common import ELEM_ID_PREFIX, FIELDS, STAGE_FIELDS, TAB, get_stage, localize
 from ..locales import TAB_LABELS, WSPO_PREF_BETA
@@ -16,15 +17,13 @@ HOST_ELEMENTS = ("training_stage", "pref_beta", "pref_ftx", "pref_loss", "extra_
 
 def check(train) -> None:
     r"""``create_train_tab(engine)``, the elements it registers, its inputs taken from the manager, the templates."""
-    create_train_tab = integration.host_attr(train, "create_train_tab", ("engine",))
-    missing = sorted(set(HOST_ELEMENTS) - integration.keyword_names(create_train_tab))
+    create_train_tab = host_attr(train, "create_train_tab", ("engine",))
+    missing = sorted(set(HOST_ELEMENTS) - keyword_names(create_train_tab))
     if missing:
-        raise integration.HostMismatch(f"{train.__name__}.create_train_tab has no element {', '.join(missing)}")
+        raise HostMismatch(f"{train.__name__}.create_train_tab has no element {', '.join(missing)}")
     if "get_base_elems" not in create_train_tab.__code__.co_names:
-        raise integration.HostMismatch(
-            f"{train.__name__}.create_train_tab no longer starts from engine.manager.get_base_elems()"
-        )
-    integration.host_attr(integration.host_module("llamafactory.data.template"), "TEMPLATES")  # weak_template's list
+        raise HostMismatch(f"{train.__name__}.create_train_tab no longer starts from engine.manager.get_base_elems()")
+    host_attr(host_module("llamafactory.data.template"), "TEMPLATES")  # weak_template's list
 
 
 def patch(train) -> None:
@@ -39,7 +38,7 @@ def _wrap_create_train_tab(original):
 
     @functools.wraps(original)
     def create_train_tab(engine):
-        if not integration.LLAMABOARD.active:
+        if not LLAMABOARD.active:
             return original(engine)
 
         plugin_elems = _create_plugin_elems()  # rendered first, moved after the RLHF accordion below

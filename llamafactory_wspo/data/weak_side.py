@@ -26,15 +26,15 @@ import copy
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llamafactory.data.processor import DatasetProcessor, PairwiseDatasetProcessor, SupervisedDatasetProcessor
 from llamafactory.extras.constants import IGNORE_INDEX
 
-from ..hparams import unknown_template_message
+from ..host.dataset_pass import dataset_processor_wrapped
 from ..logging import get_logger
 from ..projection import (
     NOT_SCORED,
@@ -47,15 +47,13 @@ from ..projection import (
     content_byte_ends,
     project_turn,
 )
+from .splits import dataset_splits, map_splits
 
 
 if TYPE_CHECKING:
     from llamafactory.data import Template
-    from llamafactory.hparams import DataArguments, ModelArguments
+    from llamafactory.hparams import DataArguments
     from transformers import PreTrainedTokenizer
-
-    from ..frozen import FrozenModels
-    from ..hparams import WSPOArguments
 
 
 logger = get_logger(__name__)
@@ -90,171 +88,6 @@ class WeakSide:
         digest = hashlib.sha256(backend.encode("utf-8"))
         digest.update(json.dumps(self.tokenizer.special_tokens_map, sort_keys=True, default=str).encode("utf-8"))
         return {"weak_template": self.template_name, "weak_tokenizer": digest.hexdigest()}
-
-
-def _check_offsets(tokenizer: "PreTrainedTokenizer", key: str, name: str) -> None:
-    if not getattr(tokenizer, "is_fast", False):
-        fix = (
-            "set `use_fast_tokenizer: true`" if key == "model_name_or_path" else "use a model with a `tokenizer.json`"
-        )
-        raise ValueError(
-            f"`{key}` ({name}) has a tokenizer without offset mappings ({type(tokenizer).__name__}, not a fast "
-            "tokenizer): cross-tokenizer WSPO moves the weak shift onto the strong tokens by the byte offsets of "
-            f"each token. Use a fast tokenizer ({fix})."
-        )
-
-
-def template_tokens(template: "Template") -> tuple[list[str], list[str]]:
-    r"""``(required, written)``: the tokens of ``template`` that a tokenizer must have, in a plain conversation.
-
-    ``required``: the tokens that the rendering uses by id, which LLaMA-Factory's template adds to a tokenizer that
-    lacks them (a new id, past the model's embedding): the slots' ``{"token": ...}``, the stop word that replaces the
-    EOS (``replace_eos``) and every stop word that the slots write. ``written``: the other special-looking markers
-    (``<|start_header_id|>``, ``[INST]``, ...) in the slots of the prefix, system, user and assistant messages (and
-    the thought words of a reasoning template), which some families write as plain text (Llama-2's ``[INST]``,
-    Zephyr's ``<|user|>``). Left out: stop words that are never written (they only stop generation; Llama-3.0 lacks
-    the ``<|eom_id|>`` that ``llama3`` lists), and tool-call formats (they render only with tools).
-    """
-    from llamafactory.data import Template
-
-    from ..extras.tiny_families import SPECIAL_TOKEN
-
-    required = [template.stop_words[0]] if template.replace_eos and template.stop_words else []
-    reasoning = type(template).encode_oneturn is not Template.encode_oneturn  # LLaMA-Factory's ReasoningTemplate
-    texts = [*template.thought_words] if reasoning else []
-    for name in ("format_prefix", "format_system", "format_user", "format_assistant"):
-        for slot in getattr(getattr(template, name, None), "slots", None) or ():
-            if isinstance(slot, str):
-                texts.append(slot)
-            elif isinstance(slot, dict) and slot.get("token"):
-                required.append(slot["token"])
-
-    required += [word for word in template.stop_words if any(word in text for text in texts)]
-    required = list(dict.fromkeys(required))
-    written = [token for text in texts for token in SPECIAL_TOKEN.findall(text) if token not in required]
-    return required, list(dict.fromkeys(written))
-
-
-def _is_token(tokenizer: "PreTrainedTokenizer", token: str) -> bool:
-    r"""Whether ``token`` is one token of ``tokenizer``'s vocabulary, and the one that its text encodes to."""
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if token_id is None or token_id == tokenizer.unk_token_id and token != tokenizer.unk_token:
-        return False
-    return tokenizer.encode(token, add_special_tokens=False) == [token_id]
-
-
-def missing_template_tokens(tokenizer: "PreTrainedTokenizer", template: "Template") -> list[str]:
-    r"""The tokens of ``template`` (:func:`template_tokens`) that ``tokenizer``, as loaded, does not have.
-
-    A required token must be one token; a written marker must be one token too, or appear in the tokenizer's own
-    chat template (its family writes it as text). Call it before LLaMA-Factory fixes the tokenizer: the fix adds
-    the stop words that it lacks.
-    """
-    required, written = template_tokens(template)
-    chat_template = tokenizer.chat_template or ""
-    if isinstance(chat_template, dict):  # several named chat templates
-        chat_template = "\n".join(chat_template.values())
-    return [token for token in required if not _is_token(tokenizer, token)] + [
-        token for token in written if token not in chat_template and not _is_token(tokenizer, token)
-    ]
-
-
-# Templates of common families, offered when `weak_template` does not fit (those whose tokens the tokenizer has).
-COMMON_TEMPLATES = ("llama3", "qwen", "qwen3", "gemma", "gemma2", "mistral", "llama2", "zephyr", "phi", "deepseek3")
-
-
-def templates_of_tokenizer(tokenizer: "PreTrainedTokenizer", templates: dict[str, "Template"]) -> list[str]:
-    r"""The common templates (:data:`COMMON_TEMPLATES`) whose every token ``tokenizer`` has."""
-    return [
-        name
-        for name in COMMON_TEMPLATES
-        if name in templates and not missing_template_tokens(tokenizer, templates[name])
-    ]
-
-
-def check_weak_template(
-    weak_tokenizer: "PreTrainedTokenizer", weak_template: str, weak_name: str, templates: dict[str, "Template"]
-) -> None:
-    r"""``weak_template`` must be of the weak models' family: its tokens exist in the weak tokenizer as loaded.
-
-    An existing template of another family (``mistral`` for a Llama-3 weak model) would otherwise render the weak
-    side with markers that the weak models never saw, split into pieces, or with stop words added past their
-    embedding, and train on that silently.
-    """
-    missing = missing_template_tokens(weak_tokenizer, templates[weak_template])
-    if missing:
-        fitting = [name for name in templates_of_tokenizer(weak_tokenizer, templates) if name != weak_template]
-        hint = f", e.g. {' or '.join(fitting[:3])} (whose tokens it has)" if fitting else ""
-        raise ValueError(
-            f"`weak_template: {weak_template}` is not the chat template of the weak models' family: the weak "
-            f"tokenizer ({weak_name}) lacks its special tokens {', '.join(missing)} (not single tokens of its "
-            "vocabulary, nor written by its own chat template), so the weak models would score a rendering they "
-            f"never saw. Set `weak_template` to the template of the weak models' family{hint}."
-        )
-
-
-def build_weak_side(
-    weak_tokenizer: "PreTrainedTokenizer",
-    tokenizer: "PreTrainedTokenizer",
-    data_args: "DataArguments",
-    weak_template: str,
-    weak_name: str,
-    strong_name: str,
-) -> WeakSide:
-    r"""Check what cross-tokenizer WSPO needs (offsets on both sides, no packing, a known template of the weak models'
-    family), then load the weak template (LLaMA-Factory's, fixing the weak tokenizer as the host fixes the strong
-    one) and log the mode."""
-    from llamafactory.data import get_template_and_fix_tokenizer
-    from llamafactory.data.template import TEMPLATES
-
-    if weak_template not in TEMPLATES:
-        raise ValueError(unknown_template_message(weak_template, TEMPLATES))
-
-    if data_args.packing:
-        raise ValueError(
-            "`packing` is not supported by cross-tokenizer WSPO: a packed row would mix examples whose weak "
-            "renderings differ in length. Remove `packing` (or set it to false)."
-        )
-
-    _check_offsets(tokenizer, "model_name_or_path", strong_name)
-    _check_offsets(weak_tokenizer, "weak_base_model", weak_name)
-    check_weak_template(weak_tokenizer, weak_template, weak_name, TEMPLATES)  # before the template fixes it
-    args = copy.copy(data_args)
-    args.template = weak_template
-    template = get_template_and_fix_tokenizer(weak_tokenizer, args)
-    logger.info_rank0(
-        f"Cross-tokenizer WSPO: strong tokenizer {strong_name} ({len(tokenizer)} tokens, template "
-        f"`{data_args.template}`), weak tokenizer {weak_name} ({len(weak_tokenizer)} tokens, template "
-        f"`{weak_template}`); the weak shift is moved onto the strong tokens by UTF-8 byte offsets."
-    )
-    return WeakSide(weak_tokenizer, template, weak_template, weak_name)
-
-
-def cross_tokenizer_side(
-    tokenizer: "PreTrainedTokenizer",
-    models: "FrozenModels",
-    model_args: "ModelArguments",
-    data_args: "DataArguments",
-    finetuning_args: "WSPOArguments",
-) -> WeakSide | None:
-    r"""The weak side of a WSPO run if it is cross-tokenizer (see :func:`llamafactory_wspo.frozen.weak_tokenizer`),
-    else ``None``; every check that can refuse the run comes here, before any model loads."""
-    from ..frozen import weak_tokenizer
-
-    weak = weak_tokenizer(
-        tokenizer, models, model_args.model_name_or_path, data_args.template, finetuning_args.weak_template
-    )
-    if weak is None:
-        return None
-
-    return build_weak_side(
-        weak,
-        tokenizer,
-        data_args,
-        finetuning_args.weak_template,
-        models.weak_base.name_or_path,
-        model_args.model_name_or_path,
-    )
 
 
 class RenderedTurn(NamedTuple):
@@ -565,31 +398,20 @@ def weak_data_args(data_args: "DataArguments", weak_side: WeakSide) -> "DataArgu
     return args
 
 
-@contextmanager
-def weak_side_in_dataset_pass(weak_side: WeakSide, data_args: "DataArguments") -> Iterator[None]:
-    r"""Within this block, LLaMA-Factory's ``get_dataset`` maps rows with :class:`CrossTokenizerDatasetProcessor`.
-
-    The host picks its processor with ``llamafactory.data.loader._get_dataset_processor(data_args, stage, template,
-    tokenizer, processor, do_generate)``; that one name is wrapped for the duration of the block (the test suite pins
-    the host's call) and restored afterwards, whatever happens.
-    """
-    from llamafactory.data import loader
-
-    original = loader._get_dataset_processor
+def weak_side_in_dataset_pass(weak_side: WeakSide, data_args: "DataArguments") -> AbstractContextManager[None]:
+    r"""Within this block, LLaMA-Factory's ``get_dataset`` maps rows with :class:`CrossTokenizerDatasetProcessor`
+    (:func:`~llamafactory_wspo.host.dataset_pass.dataset_processor_wrapped`): the host's processor for the strong side
+    and the host's processor, with the weak tokenizer and template, for the weak side."""
     weak_args = weak_data_args(data_args, weak_side)
 
-    def _get_dataset_processor(data_args, stage, template, tokenizer, processor, do_generate=False):
+    def wrap(original, data_args, stage, template, tokenizer, processor, do_generate):
         strong = original(data_args, stage, template, tokenizer, processor, do_generate)
         weak = original(weak_args, stage, weak_side.template, weak_side.tokenizer, None, do_generate)
         return CrossTokenizerDatasetProcessor(
             template=template, tokenizer=tokenizer, processor=processor, data_args=data_args, strong=strong, weak=weak
         )
 
-    loader._get_dataset_processor = _get_dataset_processor
-    try:
-        yield
-    finally:
-        loader._get_dataset_processor = original
+    return dataset_processor_wrapped(wrap)
 
 
 def report_weak_side(dataset_module: dict[str, Any], cutoff_len: int) -> dict[str, Any]:
@@ -598,8 +420,6 @@ def report_weak_side(dataset_module: dict[str, Any], cutoff_len: int) -> dict[st
     A data set that lacks the weak columns (loaded from a ``tokenized_path`` saved by a run that was not
     cross-tokenizer) is an error.
     """
-    from .loader import dataset_splits, map_splits
-
     totals = dict.fromkeys(COUNT_COLUMNS, 0)
     rows = 0
     for split in dataset_splits(dataset_module):

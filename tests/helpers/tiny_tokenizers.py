@@ -10,7 +10,7 @@
 Each gets the special tokens of LLaMA-Factory's ``qwen`` and ``llama3`` templates, so either template renders with
 any kind without adding tokens. Deterministic given the seed; no network::
 
-    from llamafactory_wspo.extras.tiny_tokenizers import build_tokenizer, random_texts
+    from helpers.tiny_tokenizers import build_tokenizer, random_texts
     tokenizer = build_tokenizer("byte_bpe", corpus=random_texts(200, seed=0), out_dir="tok")
 """
 

@@ -20,16 +20,16 @@ model a degenerate target; these statistics show it before training starts:
   default), on the weak tokens or on the projected shift.
 """
 
-import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .logging import get_logger
+from ..logging import get_logger
+from ..projection import WEAK_PROJECTION
+from .store import WEAK_SHIFT, manifest_version
 
 
 logger = get_logger(__name__)
@@ -136,8 +136,6 @@ def pass_summaries(
     stores one: WSPO), and, when its rows carry a ``weak_projection`` (cross-tokenizer WSPO), of the weak models' own
     shift ``w_j`` from their ``scores``, token by token before the projection. ``{}`` for a stage without a weak
     shift."""
-    from .precompute import WEAK_SHIFT
-    from .projection import WEAK_PROJECTION
 
     if WEAK_SHIFT not in names:
         return {}
@@ -161,22 +159,10 @@ def merge_summaries(per_rank: Iterable[Mapping[str, ShiftSummary]]) -> dict[str,
     return {name: statistics(summary) for name, summary in merged.items()}
 
 
-def read_manifest(target: str) -> dict[str, Any]:
-    r"""The cache manifest at ``target`` (``{}`` if it cannot be read: the cache check reports that)."""
-    try:
-        with open(os.path.join(target, "manifest.json"), encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-    return manifest if isinstance(manifest, dict) else {}
-
-
 def cache_statistics(manifest: Mapping[str, Any], columns: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     r"""The weak-shift statistics of a cache: its manifest's, or computed from its stored ``weak_shift`` column when
     the manifest predates them (manifest version 1; marked ``"from_cached_values": true``, not written back: the
     cache may be read-only or in use by another run). ``{}`` for a stage without a weak shift."""
-    from .precompute import WEAK_SHIFT, manifest_version
 
     stored = manifest.get(STATISTICS_KEY) if manifest_version(manifest) >= 2 else None
     if isinstance(stored, dict) and stored:

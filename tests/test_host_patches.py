@@ -34,10 +34,10 @@ def test_callback_setup_is_the_hosts():
     r"""``_plugin_training_function`` copies the host's callback block; this fails as soon as the host's block changes."""
     import llamafactory.train.tuner as tuner
 
-    from llamafactory_wspo import integration
+    from llamafactory_wspo.host import patches
 
     host = _statements(_function(inspect.getsource(tuner), "_training_function"))
-    ours = _statements(_function(inspect.getsource(integration), "_plugin_training_function"))
+    ours = _statements(_function(inspect.getsource(patches), "_plugin_training_function"))
     assert len(host) >= 6 and host[-1].startswith("callbacks.append(ReporterCallback(")
     assert ours == host
 
@@ -47,7 +47,7 @@ def test_stock_stages_keep_the_hosts_distributed_calls():
     import llamafactory.train.tuner as tuner
 
     assert tuner.dist is torch.distributed
-    assert tuner._training_function.__module__ == "llamafactory_wspo.integration"  # the plugin's router ...
+    assert tuner._training_function.__module__ == "llamafactory_wspo.host.patches"  # the plugin's router ...
     (original,) = [cell.cell_contents for cell in tuner._training_function.__closure__ if callable(cell.cell_contents)]
     assert original.__module__ == "llamafactory.train.tuner"  # ... hands every stock stage to the host's function
     source = inspect.getsource(original)

@@ -10,11 +10,12 @@ two heads), random but seeded.
 
 import json
 import random
-import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..vocab import SPECIAL_TOKEN
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,6 @@ TEMPLATE_FAMILIES = {
     "gemma2": GEMMA2,
     "phi": PHI3,
 }
-SPECIAL_TOKEN = re.compile(r"<\|[^<>|\s]+\|>|<｜[^｜]+｜>|</?[a-z_]+>|\[/?[A-Z_]+\]|\[gMASK\]")
 CORPUS_WORDS = (
     "the a an of to in is was for on with as by at from it this that news report summary article said year people "
     "city government new first two one three list some animals colors fruits tools answer question please write "

@@ -1,9 +1,10 @@
-"""Cross-tokenizer WSPO in training: the stored (or per-step) columns with the weak shift moved onto the strong
-tokens, and the ``wspo/projection_unmatched`` metric. The rule itself is :mod:`llamafactory_wspo.projection`."""
+"""The per-token targets of the WSPO loss: the reference log-probs and the weak shift, stored by the precompute
+pass or made per step; with cross-tokenizer WSPO the weak shift moved onto the strong tokens, and the
+``wspo/projection_unmatched`` metric. The projection rule itself is :mod:`llamafactory_wspo.projection`."""
 
 import torch
 
-from ...precompute import REF_LOGPS, WEAK_SHIFT
+from ...logps.store import REF_LOGPS, WEAK_SHIFT
 from ...projection import (
     UNMATCHED_ABS,
     WEAK_ABS,
@@ -19,6 +20,19 @@ from ...projection import (
 
 PROJECTION_COLUMNS = (WEAK_ABS, UNMATCHED_ABS)
 WEAK_BATCH_COLUMNS = (WEAK_INPUT_IDS, WEAK_ATTENTION_MASK, WEAK_LABELS, WEAK_PROJECTION)
+WSPO_COLUMNS = (REF_LOGPS, WEAK_SHIFT, *PROJECTION_COLUMNS)
+
+
+def wspo_targets(logps: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    r"""The constant per-token parts of the WSPO loss, stored in the run's ``dtype``.
+
+    ``WEAK_SHIFT`` is ``w_t = log pi_w*(y_t) - log pi_w0(y_t)`` (taken in float32, then cast) and
+    ``REF_LOGPS`` is ``log pi_ref(y_t)``.
+    """
+    return {
+        REF_LOGPS: logps["ref"].to(dtype),
+        WEAK_SHIFT: (logps["weak_aligned"] - logps["weak_base"]).to(dtype),
+    }
 
 
 def projected_targets(logps: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:

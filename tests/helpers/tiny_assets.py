@@ -3,7 +3,7 @@ models, data sets.
 
 Everything is deterministic given the seed and needs no network::
 
-    from llamafactory_wspo.extras.tiny_assets import build_all, build_model, build_tokenizer, write_datasets
+    from helpers.tiny_assets import build_all, build_model, build_tokenizer, write_datasets
 
 The command line is ``python scripts/tiny_assets.py`` (``all``, ``tokenizer``, ``model``, ``data``).
 

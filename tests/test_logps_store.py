@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from llamafactory_wspo.logps.store import LogpsStore, example_uid, num_response_tokens
 from llamafactory_wspo.losses import IGNORE_INDEX, response_mask
-from llamafactory_wspo.precompute import LogpsStore, example_uid, num_response_tokens
 
 
 def _examples(num: int, seed: int = 0) -> list[dict[str, list[int]]]:
@@ -124,3 +124,29 @@ def test_collator_attaches_stored_values_by_identity(assets):
     for row, i in enumerate(order):
         uid = example_uid(examples[i]["input_ids"], examples[i]["labels"])
         assert batch["a"][row][mask[row]].tolist() == rows[uid]["a"].tolist()
+
+
+def test_the_cache_format_is_the_one_existing_caches_have(tmp_path):
+    r"""The uids, the key and the bytes of a shard, as earlier releases wrote them (computed with llamafactory-wspo at
+    9642570, before the store moved to ``logps/``): a change here silently invalidates every existing cache, or makes
+    it unreadable."""
+    from llamafactory_wspo.logps.store import CACHE_FORMAT, MANIFEST, MANIFEST_VERSION, cache_key, shard_name
+
+    uids = [
+        example_uid([1, 2, 3, 4], [-100, -100, 3, 4]),
+        example_uid([5, 6, 7], [-100, 6, 7], [8, 9], [-100, 9], [0]),
+    ]
+    assert uids == [2554266299323612123, 7729735747281500658]
+    key = cache_key(uids, {"ref": {"weights": "abc", "options": {"x": 1}}}, {"stage": "wspo", "beta": 0.1})
+    assert key == "a737626879477f628fe9564f33f778c7"
+    rows = {
+        uids[0]: {"ref_logps": torch.tensor([-1.5, -0.25]), "weak_shift": torch.tensor([0.5, -0.125])},
+        uids[1]: {"ref_logps": torch.tensor([-2.0]), "weak_shift": torch.tensor([1.0])},
+    }
+    path = tmp_path / shard_name(0, 1)
+    assert path.name == "shard-00000-of-00001.safetensors"
+    digest = LogpsStore.from_rows(rows, ["ref_logps", "weak_shift"]).save(str(path))
+    assert digest == ("977b68216a9362ace603164a4456023097562d0f0e416628020bb07aac33ebe1", 336)
+    assert (MANIFEST, CACHE_FORMAT, MANIFEST_VERSION) == ("manifest.json", 2, 2)
+    loaded = LogpsStore.load(str(path))
+    assert torch.equal(loaded.columns["weak_shift"], torch.tensor([0.5, -0.125, 1.0]))

@@ -1,11 +1,11 @@
-"""Figures of the plugin stages, beside LLaMA-Factory's ``extras/ploting.py``."""
+"""Figures of the plugin stages, beside the loss curves of LLaMA-Factory's ``plot_loss``."""
 
 import json
 import os
 
 import torch
 
-from ..train.callbacks import WPO_WEIGHTS_LOG
+from .callbacks import WPO_WEIGHTS_LOG
 
 
 def plot_wpo_weights(output_dir: str) -> str | None:

@@ -12,9 +12,10 @@
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
+
+from .files import write_atomically
 
 
 class FileHashes:
@@ -53,11 +54,7 @@ class FileHashes:
 
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.entries, f)
-
-            os.replace(tmp, self.path)
+            write_atomically(self.path, json.dumps(self.entries).encode())
             self.changed = False
         except OSError:
             pass

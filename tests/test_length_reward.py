@@ -1,8 +1,8 @@
-"""The summary-length reward (``llamafactory_wspo.rewards``) against values worked out by hand."""
+"""The summary-length reward (``llamafactory_wspo.length_reward``) against values worked out by hand."""
 
 import pytest
 
-from llamafactory_wspo.rewards import (
+from llamafactory_wspo.length_reward import (
     LengthReward,
     completion_text,
     length_reward,

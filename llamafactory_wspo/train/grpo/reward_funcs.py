@@ -5,7 +5,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ...rewards import LengthReward
+from ...length_reward import LengthReward
 
 
 if TYPE_CHECKING:
