@@ -30,6 +30,29 @@ WPO_PREF_LOSSES = (
 )  # fmt: skip
 
 
+class PluginInputError(ValueError):
+    r"""A recipe value that the plugin refuses (bad input, not a failed run): ``llamafactory-cli train`` prints it as
+    one line and exits with code 2 (:mod:`llamafactory_wspo.host.patches`); the host's own errors keep its handling."""
+
+
+def check_stage(stage: Any, host_stages: tuple[str, ...]) -> None:
+    r"""``stage`` must name a stage of the host or the plugin (a :class:`PluginInputError` suggesting the close one:
+    ``WSPO`` as LLaMA-Board displays it, or a typo such as ``wsp0``)."""
+    known = tuple(dict.fromkeys((*host_stages, *PLUGIN_STAGES)))
+    if stage is None or stage in known:
+        return
+
+    import difflib
+
+    text = str(stage).strip().lower()
+    close = [text] if text in known else difflib.get_close_matches(text, known, n=1, cutoff=0.6)
+    hint = f"did you mean `stage: {close[0]}`? " if close else ""
+    raise PluginInputError(
+        f"`stage: {stage}` is not a training stage: {hint}The stages are {', '.join(map(repr, host_stages))} "
+        f"(LLaMA-Factory) and {', '.join(map(repr, PLUGIN_STAGES))} (llamafactory-wspo), in lower case."
+    )
+
+
 @dataclass
 class WSPOArguments:
     r"""Arguments of the ``wspo`` stage.
@@ -91,19 +114,19 @@ class WSPOArguments:
     def check_wspo_args(self) -> None:
         value = self.wspo_shift_warning
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError(
+            raise PluginInputError(
                 f"`wspo_shift_warning` must be a positive number of nats per token, got {value!r}: the mean |w_t| "
                 "above which the precompute pass warns (default 2; a large value such as 1e9 silences it)."
             )
 
         if self.wspo_response not in WSPO_RESPONSES:
-            raise ValueError(
+            raise PluginInputError(
                 f"`wspo_response` must be one of {', '.join(WSPO_RESPONSES)}, got {self.wspo_response!r}."
             )
 
         for key in ("weak_base_model", "weak_aligned_model"):
             if not getattr(self, key):
-                raise ValueError(
+                raise PluginInputError(
                     f"`{key}` is required for `stage: wspo`: set it to the path or hub id of the weak model "
                     f"{'before' if key == 'weak_base_model' else 'after'} its alignment."
                 )
@@ -113,7 +136,7 @@ class WSPOArguments:
             from llamafactory.data.template import TEMPLATES
 
             if self.weak_template not in TEMPLATES:
-                raise ValueError(unknown_template_message(self.weak_template, TEMPLATES))
+                raise PluginInputError(unknown_template_message(self.weak_template, TEMPLATES))
 
 
 def unknown_template_message(name: str, templates: "dict[str, object]") -> str:
@@ -156,19 +179,19 @@ class WPOArguments:
     def check_wpo_args(self) -> None:
         for key, choices in (("wpo_alignment", WPO_ALIGNMENTS), ("wpo_weighting", WPO_WEIGHTINGS)):
             if getattr(self, key) not in choices:
-                raise ValueError(f"`{key}` must be one of {', '.join(choices)}, got {getattr(self, key)!r}.")
+                raise PluginInputError(f"`{key}` must be one of {', '.join(choices)}, got {getattr(self, key)!r}.")
 
         if self.pref_loss not in WPO_PREF_LOSSES + ("kto",):
-            raise ValueError(
+            raise PluginInputError(
                 f"`pref_loss: {self.pref_loss}` cannot take a WPO weight: it is not a sum of per-pair terms. Use one "
                 f"of {', '.join(WPO_PREF_LOSSES)}, or `kto` for unpaired (KTO-format) data."
             )
 
         if self.ld_alpha is not None:
-            raise ValueError("`ld_alpha` (LD-DPO) is not supported by `stage: wpo`; remove it.")
+            raise PluginInputError("`ld_alpha` (LD-DPO) is not supported by `stage: wpo`; remove it.")
 
         if self.dpo_label_smoothing > 1e-6 and self.pref_loss not in ("sigmoid", "robust", "exo_pair"):
-            raise ValueError("`dpo_label_smoothing` is only valid for the sigmoid, robust and exo_pair losses.")
+            raise PluginInputError("`dpo_label_smoothing` is only valid for the sigmoid, robust and exo_pair losses.")
 
 
 @dataclass
@@ -236,27 +259,33 @@ class GRPOArguments:
         from .length_reward import check_length_range
 
         if not self.grpo_reward_funcs or not self.grpo_reward_funcs.strip(" ,"):
-            raise ValueError("`grpo_reward_funcs` is empty: name at least one reward function, e.g. `length`.")
+            raise PluginInputError("`grpo_reward_funcs` is empty: name at least one reward function, e.g. `length`.")
 
         try:
             check_length_range(self.length_reward_min, self.length_reward_max)
         except ValueError as exc:
-            raise ValueError(f"`length_reward_min`/`length_reward_max`: {exc}") from None
+            raise PluginInputError(f"`length_reward_min`/`length_reward_max`: {exc}") from None
 
         if self.grpo_num_generations < 2:
-            raise ValueError("`grpo_num_generations` must be at least 2: GRPO compares the outputs of one prompt.")
+            raise PluginInputError(
+                "`grpo_num_generations` must be at least 2: GRPO compares the outputs of one prompt."
+            )
 
         if self.grpo_max_completion_length < 1:
-            raise ValueError("`grpo_max_completion_length` must be a positive integer.")
+            raise PluginInputError("`grpo_max_completion_length` must be a positive integer.")
 
         if self.grpo_temperature <= 0 or not 0 < self.grpo_top_p <= 1:
-            raise ValueError("`grpo_temperature` must be > 0 and `grpo_top_p` in (0, 1]: GRPO samples its outputs.")
+            raise PluginInputError(
+                "`grpo_temperature` must be > 0 and `grpo_top_p` in (0, 1]: GRPO samples its outputs."
+            )
 
         if self.grpo_beta < 0:
-            raise ValueError("`grpo_beta` must be >= 0.")
+            raise PluginInputError("`grpo_beta` must be >= 0.")
 
         if self.include_effective_tokens_per_second:
-            raise ValueError("`include_effective_tokens_per_second` is not available for `stage: grpo`; remove it.")
+            raise PluginInputError(
+                "`include_effective_tokens_per_second` is not available for `stage: grpo`; remove it."
+            )
 
 
 @dataclass
@@ -358,7 +387,7 @@ def coerce_scalar(key: str, value: Any, kind: type, optional: bool = False) -> A
     expected = {bool: "true or false", int: "an integer", float: "a number"}[kind]
     example = {bool: "true", int: "8", float: "0.1"}[kind]
     fix = "write it unquoted" if isinstance(value, str) else "write one"
-    raise ValueError(
+    raise PluginInputError(
         f"`{key}` must be {expected}{' or null' if optional else ''}, got {value!r}: {fix}, e.g. `{key}: {example}`."
     )
 
@@ -388,7 +417,7 @@ class PluginArguments(WSPOArguments, WPOArguments, GRPOArguments, PrecomputeArgu
 
         if self.stage in ("wspo", "wpo") and not (math.isfinite(self.pref_beta) and self.pref_beta > 0):
             meaning = "gamma of the WSPO loss" if self.stage == "wspo" else "beta of the weighted preference loss"
-            raise ValueError(
+            raise PluginInputError(
                 f"`pref_beta` must be a positive number for `stage: {self.stage}` ({meaning}), got {self.pref_beta}: "
                 "0 trains nothing, a negative value trains the wrong way, NaN trains on NaN. The papers use 0.1 "
                 "(WSPO) and 0.01 (WPO)."
@@ -402,7 +431,7 @@ class PluginArguments(WSPOArguments, WPOArguments, GRPOArguments, PrecomputeArgu
         elif self.stage == "grpo":
             self.check_grpo_args()
         elif self.pref_loss == "kto":
-            raise ValueError("`pref_loss: kto` is the KTO form of `stage: wpo`; plain KTO is `stage: kto`.")
+            raise PluginInputError("`pref_loss: kto` is the KTO form of `stage: wpo`; plain KTO is `stage: kto`.")
 
         if self.precompute_batch_size is not None and self.precompute_batch_size < 1:
-            raise ValueError("`precompute_batch_size` must be a positive integer.")
+            raise PluginInputError("`precompute_batch_size` must be a positive integer.")

@@ -64,7 +64,7 @@ def resolve_backend(backend: Backend) -> Literal["vllm", "transformers"]:
         return "vllm" if has_vllm else "transformers"
     if backend == "vllm" and not has_vllm:
         raise ValueError(
-            "infer_backend vllm: vLLM is not installed. Install the extra (`pip install 'llamafactory-wspo[vllm]'`) "
+            "infer_backend vllm: vLLM is not installed. Install it (`pip install vllm`, on a GPU node) "
             "or use infer_backend=huggingface."
         )
     if backend in ("huggingface", "transformers"):

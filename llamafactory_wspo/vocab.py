@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .data.weak_side import WeakSide
 from .frozen import FrozenModel, FrozenModels
 from .host.compat import auto_class_registrations_kept
-from .hparams import unknown_template_message
+from .hparams import PluginInputError, unknown_template_message
 from .logging import get_logger
 
 
@@ -42,7 +42,9 @@ def _load_vocab(model: FrozenModel) -> tuple["PreTrainedTokenizer", dict[str, in
     try:
         tokenizer = model.load_tokenizer()
     except Exception as err:
-        raise ValueError(f"`{model.key}` ({model.name_or_path}) has no tokenizer that can be loaded: {err}") from err
+        raise PluginInputError(
+            f"`{model.key}` ({model.name_or_path}) has no tokenizer that can be loaded: {err}"
+        ) from err
 
     return tokenizer, tokenizer.get_vocab()
 
@@ -63,7 +65,7 @@ def check_vocabularies(tokenizer: "PreTrainedTokenizer", models: Iterable[Frozen
 
         _, other_vocab = _load_vocab(model)
         if other_vocab != strong_vocab:
-            raise ValueError(
+            raise PluginInputError(
                 f"`{model.key}` ({model.name_or_path}) and `model_name_or_path` ({strong_name}) have different "
                 f"vocabularies ({_differing_entries(strong_vocab, other_vocab)}). "
                 "Both models score the same token ids: use models that share one tokenizer "
@@ -91,7 +93,7 @@ def weak_tokenizer(
     strong_vocab = tokenizer.get_vocab()
     base, base_vocab = _load_vocab(models.weak_base)
     if base_vocab != strong_vocab and not weak_template:
-        raise ValueError(
+        raise PluginInputError(
             f"`weak_base_model` ({models.weak_base.name_or_path}) and `model_name_or_path` ({strong_name}) have "
             f"different vocabularies ({_differing_entries(strong_vocab, base_vocab)}). Cross-tokenizer WSPO needs "
             "`weak_template`, the chat template of the weak models' family (e.g. `llama3` for a Llama-3 weak model): "
@@ -101,7 +103,7 @@ def weak_tokenizer(
 
     _, aligned_vocab = _load_vocab(models.weak_aligned)
     if aligned_vocab != base_vocab:
-        raise ValueError(
+        raise PluginInputError(
             f"`weak_aligned_model` ({models.weak_aligned.name_or_path}) and `weak_base_model` "
             f"({models.weak_base.name_or_path}) have different vocabularies "
             f"({_differing_entries(base_vocab, aligned_vocab)}). Both weak models must share one tokenizer: the weak "
@@ -133,7 +135,7 @@ def check_embedding_sizes(
             config = load_config(model.model_args)
         rows = getattr(config.get_text_config(), "vocab_size", None)
         if rows is not None and max_token_id >= rows:
-            raise ValueError(
+            raise PluginInputError(
                 f"`{model.key}` ({model.name_or_path}) has an embedding of {rows} rows, but the data holds token id "
                 f"{max_token_id} (the tokenizer of `{tokenizer_key}` has {tokenizer_size} tokens): it cannot score "
                 f"these ids. Use a `{model.key}` whose embedding covers the tokenizer of `{tokenizer_key}`."
@@ -145,7 +147,7 @@ def _check_offsets(tokenizer: "PreTrainedTokenizer", key: str, name: str) -> Non
         fix = (
             "set `use_fast_tokenizer: true`" if key == "model_name_or_path" else "use a model with a `tokenizer.json`"
         )
-        raise ValueError(
+        raise PluginInputError(
             f"`{key}` ({name}) has a tokenizer without offset mappings ({type(tokenizer).__name__}, not a fast "
             "tokenizer): cross-tokenizer WSPO moves the weak shift onto the strong tokens by the byte offsets of "
             f"each token. Use a fast tokenizer ({fix})."
@@ -231,7 +233,7 @@ def check_weak_template(
     if missing:
         fitting = [name for name in templates_of_tokenizer(weak_tokenizer, templates) if name != weak_template]
         hint = f", e.g. {' or '.join(fitting[:3])} (whose tokens it has)" if fitting else ""
-        raise ValueError(
+        raise PluginInputError(
             f"`weak_template: {weak_template}` is not the chat template of the weak models' family: the weak "
             f"tokenizer ({weak_name}) lacks its special tokens {', '.join(missing)} (not single tokens of its "
             "vocabulary, nor written by its own chat template), so the weak models would score a rendering they "
@@ -254,10 +256,10 @@ def build_weak_side(
     from llamafactory.data.template import TEMPLATES
 
     if weak_template not in TEMPLATES:
-        raise ValueError(unknown_template_message(weak_template, TEMPLATES))
+        raise PluginInputError(unknown_template_message(weak_template, TEMPLATES))
 
     if data_args.packing:
-        raise ValueError(
+        raise PluginInputError(
             "`packing` is not supported by cross-tokenizer WSPO: a packed row would mix examples whose weak "
             "renderings differ in length. Remove `packing` (or set it to false)."
         )

@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +12,7 @@ import pytest
 from helpers.cli import one_line_error, run_cli
 from helpers.train import run_train
 
-from llamafactory_wspo.cli import prepare_xsum
+from llamafactory_wspo.cli import eval_xsum, prepare_xsum
 
 
 PREPARE = "prepare-xsum"
@@ -260,3 +262,51 @@ def test_evaluate_errors(tmp_path):
 
     proc = run_script(EVALUATE, str(tmp_path / "none.jsonl"), cwd=tmp_path)
     one_line_error(proc, "no such file")
+
+
+def test_evaluate_without_rouge_score(tmp_path):
+    r"""Without rouge-score (a package on PYTHONPATH that fails to import shadows it): the length metrics as with it,
+    no ROUGE keys, one line saying ROUGE was skipped, exit code 0."""
+    predictions = tmp_path / "predictions.jsonl"
+    lines = [{"predict": "the cat sat", "label": "the cat lay on the mat"}, {"predict": ["a b", "a"], "label": "a b"}]
+    predictions.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    blocked = tmp_path / "no_rouge"
+    (blocked / "rouge_score").mkdir(parents=True)
+    (blocked / "rouge_score" / "__init__.py").write_text('raise ImportError("rouge-score blocked by the test")\n')
+    pythonpath = os.pathsep.join(filter(None, [str(blocked), os.environ.get("PYTHONPATH")]))
+
+    with_rouge = run_script(EVALUATE, str(predictions), "--output_file", "with.json", cwd=tmp_path)
+    assert with_rouge.returncode == 0, with_rouge.stderr[-3000:]
+    assert "skipped" not in with_rouge.stderr
+    metrics = json.loads(with_rouge.stdout)
+    assert metrics["rouge1"] == pytest.approx((4 / 9 + 1 + 2 / 3) / 3)  # "a" vs "a b": P 1, R 1/2, F 2/3
+
+    proc = run_cli(
+        EVALUATE,
+        predictions,
+        "output_file=without.json",
+        cwd=tmp_path,
+        check=False,
+        timeout=300,
+        PYTHONPATH=pythonpath,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    skipped = [line for line in proc.stderr.splitlines() if "skipped" in line]
+    assert skipped == [f"{eval_xsum.PROG}: {eval_xsum.ROUGE_SKIPPED}"], proc.stderr[-3000:]
+    assert "pip install rouge-score" in skipped[0] and "Traceback" not in proc.stderr
+    without = json.loads(proc.stdout)
+    assert without == json.loads((tmp_path / "without.json").read_text())
+    expected = {key: value for key, value in metrics.items() if key not in eval_xsum.ROUGE_TYPES}
+    assert without == expected
+    assert (without["num_prompts"], without["num_summaries"], without["words_mean"]) == (2, 3, 2.0)
+
+
+def test_paper_extra_brings_rouge_and_deepspeed():
+    r"""The `paper` extra holds the `eval` extra (rouge-score, for eval-xsum's ROUGE) and the `deepspeed` extra (every
+    shipped recipe sets `deepspeed:`) with the same pins. That it resolves next to llamafactory==0.9.5 is .ci/run's
+    dry run."""
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = extras["optional-dependencies"]
+    assert {"deepspeed", "eval", "paper"} <= extras.keys()
+    assert set(extras["deepspeed"]) | set(extras["eval"]) <= set(extras["paper"])
+    assert not any(requirement.startswith("vllm") for requirement in extras["paper"])  # GPU only: its own extra

@@ -184,7 +184,7 @@ def test_dry_run_refuses_what_the_stage_refuses(assets, tmp_path: Path, smoke_in
     recipe.write_text(yaml.safe_dump(config))
     proc = smoke_in_this_process("--dry_run", recipe, f"--work_dir={tmp_path / 'work'}")
     assert proc.returncode == 2, proc.stderr[-3000:]
-    needle = "FAILED (the recipe's own error): ValueError: `stage: wpo` needs pairwise data sets"
+    needle = "FAILED (the recipe's own error): PluginInputError: `stage: wpo` needs pairwise data sets"
     assert needle in proc.stderr and "tiny_sft has no pairs" in proc.stderr, proc.stderr[-3000:]
     assert ": ok" not in proc.stdout and "smoke: 0 of 1 recipe(s) ok" in proc.stdout
 

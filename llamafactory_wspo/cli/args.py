@@ -15,6 +15,7 @@ An argument dataclass (one field per option, each with a ``help`` string) is tur
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Collection, Sequence
@@ -44,17 +45,32 @@ class _OneLineParser:
     def error(self, message: str):  # argparse's hook for every parse error
         if message.startswith("unrecognized arguments:"):
             unknown = message.split(":", 1)[1].strip()
-            message = f"unknown option(s) {unknown}: `{self.prog} -h` lists the options"
+            message = f"unknown option(s) {unknown}: {self._close_options(unknown)}`{self.prog} -h` lists the options"
         elif message.startswith("argument "):
             message = message[len("argument ") :]
         raise CliError(re.sub(r"(--\w+)/--[\w-]+", r"\1", message))  # `--top_p/--top-p: ...` -> `--top_p: ...`
+
+    def _close_options(self, unknown: str) -> str:
+        r"""``did you mean --max_new_tokens? `` for the first unknown option that is close to a known one."""
+        import difflib
+
+        known = [name[2:] for action in self._actions for name in action.option_strings if name.startswith("--")]
+        for token in unknown.split():
+            if token.startswith("--"):
+                name = token[2:].split("=", 1)[0]
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+                if close:
+                    return f"did you mean {close[0]}? "
+        return ""
 
 
 def _make_parser(cls: type, prog: str, description: str, explicit_only: bool) -> argparse.ArgumentParser:
     from transformers import HfArgumentParser
 
     parser_cls = type("_Parser", (_OneLineParser, HfArgumentParser), {})
-    parser = parser_cls(cls, prog=prog, description=description, add_help=False, formatter_class=_HelpFormatter)
+    parser = parser_cls(  # allow_abbrev: `max_new_token=5` is refused, never taken for `max_new_tokens`
+        cls, prog=prog, description=description, add_help=False, formatter_class=_HelpFormatter, allow_abbrev=False
+    )
     if explicit_only:  # only the options actually given appear in the namespace; requirements are checked later
         for action in parser._actions:
             action.default = argparse.SUPPRESS
@@ -245,9 +261,63 @@ def check_length_options(length_min: int, length_max: int) -> None:
 
 
 def run_command(prog: str, main: Callable[[], int | None]) -> int:
-    r"""Run ``main``; a :class:`CliError` becomes one line on stderr and exit code 2."""
+    r"""Run ``main``; a :class:`CliError`, or a model or data set that the hub cannot give offline, becomes one line
+    on stderr and exit code 2."""
     try:
         return main() or 0
     except CliError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return USAGE_ERROR
+    except Exception as err:
+        message = offline_message(err)
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def offline_message(err: BaseException) -> str | None:
+    r"""One line naming the model or data set and ``HF_HUB_OFFLINE`` where ``err`` comes from a hub look-up that the
+    offline mode (or a missing network) stopped: ``huggingface_hub``'s ``LocalEntryNotFoundError`` or
+    ``OfflineModeIsEnabled`` in its chain, or named by ``datasets``' "Couldn't reach 'NAME' on the Hub (...)";
+    ``None`` otherwise."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    chain, todo = [], [err]
+    while todo:
+        current = todo.pop(0)
+        if current is None or any(current is seen for seen in chain):
+            continue
+        chain.append(current)
+        todo += [current.__cause__, current.__context__]
+    offline = re.compile(r"Couldn't reach '([^']+)' on the Hub \((?:OfflineModeIsEnabled|LocalEntryNotFoundError)\)")
+    named = [match.group(1) for item in chain for match in [offline.search(str(item))] if match]
+    if not named and not any(isinstance(item, LocalEntryNotFoundError | OfflineModeIsEnabled) for item in chain):
+        return None
+
+    name = named[0] if named else _hub_name(chain)
+    what = f"{name}: " if name else ""
+    download = f"`huggingface-cli download {name}`" if name else "`huggingface-cli download NAME`"
+    if os.getenv("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return (
+            f"{what}not in the local hub cache, and HF_HUB_OFFLINE=1 stops its download: download it once online "
+            f"({download}, add `--repo-type dataset` for a data set), give a local path, or unset HF_HUB_OFFLINE"
+        )
+    return f"{what}the hub cannot be reached and it is not in the local hub cache: connect, or give a local path"
+
+
+def _hub_name(chain: list[BaseException]) -> str | None:
+    r"""The repository that the failed look-up asked for: the ``repo_id`` of the deepest hub call in a traceback."""
+    import traceback
+
+    for item in chain:
+        found = None
+        for frame, _ in traceback.walk_tb(item.__traceback__):
+            for key in ("repo_id", "path_or_repo_id", "pretrained_model_name_or_path"):
+                value = frame.f_locals.get(key)
+                if isinstance(value, str) and value:
+                    found = value
+                    break
+        if found:
+            return found
+    return None

@@ -1,4 +1,8 @@
-r"""``llamafactory-wspo eval-xsum``: length statistics, length reward, in-range share and ROUGE of XSUM summaries."""
+r"""``llamafactory-wspo eval-xsum``: length statistics, length reward, in-range share and ROUGE of XSUM summaries.
+
+The length metrics need nothing beyond the package; ROUGE needs ``rouge-score`` and is skipped, with one line on
+stderr, where it is not installed.
+"""
 
 import json
 import statistics
@@ -25,9 +29,11 @@ reference) and `label` (the reference), as `llamafactory-wspo generate` and LLaM
 with the suffix .metrics.json (saves/xsum/eval/qwen2-7b-wspo.jsonl -> saves/xsum/eval/qwen2-7b-wspo.metrics.json):
 num_prompts, num_summaries; words_mean, words_median, words_std (population) of the whitespace-separated word
 counts; length_reward_mean; in_range_share (length_min <= words <= length_max); rouge1, rouge2, rougeL (mean F1
-in [0, 1], the rouge-score package with Porter stemming; `pip install 'llamafactory-wspo[eval]'`).
+in [0, 1], the rouge-score package with Porter stemming). Without rouge-score (`pip install rouge-score`, or the
+package's `eval` or `paper` extra) the ROUGE keys are left out and one line on stderr says so.
 """
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+ROUGE_SKIPPED = "ROUGE skipped: the rouge-score package is not installed (pip install rouge-score)"
 
 
 @dataclass
@@ -77,14 +83,13 @@ def read_predictions(path: Path) -> tuple[list[str], list[str], int]:
     return summaries, references, num_prompts
 
 
-def rouge_f1(summaries: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    r"""Mean ROUGE-1/2/L F1 of each summary against its reference (``rouge-score``, Porter stemmer)."""
+def rouge_f1(summaries: Sequence[str], references: Sequence[str]) -> dict[str, float] | None:
+    r"""Mean ROUGE-1/2/L F1 of each summary against its reference (``rouge-score``, Porter stemmer); ``None`` where
+    ``rouge-score`` is not installed."""
     try:
         from rouge_score import rouge_scorer
     except ImportError:
-        raise CliError(
-            "ROUGE needs the `rouge-score` package: pip install 'llamafactory-wspo[eval]' (or rouge-score)"
-        ) from None
+        return None
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
     for summary, reference in zip(summaries, references, strict=True):
@@ -100,12 +105,13 @@ def evaluate(
     length_min: int = DEFAULT_LENGTH_MIN,
     length_max: int = DEFAULT_LENGTH_MAX,
 ) -> dict[str, Any]:
-    r"""The metrics (without ``num_prompts``) of paired summaries and references."""
+    r"""The metrics (without ``num_prompts``) of paired summaries and references; ROUGE only where ``rouge-score``
+    is installed."""
     check_length_range(length_min, length_max)
     if not summaries:
         raise CliError("no summaries to evaluate: the predictions file has no `predict` entries")
     words = [len(summary.split()) for summary in summaries]
-    return {
+    metrics = {
         "num_summaries": len(summaries),
         "length_min": length_min,
         "length_max": length_max,
@@ -114,8 +120,11 @@ def evaluate(
         "words_std": statistics.pstdev(words),
         "length_reward_mean": statistics.fmean(length_reward(summaries, length_min, length_max)),
         "in_range_share": sum(length_min <= n <= length_max for n in words) / len(words),
-        **rouge_f1(summaries, references),
     }
+    rouge = rouge_f1(summaries, references)
+    if rouge is not None:
+        metrics.update(rouge)
+    return metrics
 
 
 def run(args: EvalXsumArguments) -> int:
@@ -123,6 +132,8 @@ def run(args: EvalXsumArguments) -> int:
     summaries, references, num_prompts = read_predictions(path)
     metrics = {"predictions": str(path), "num_prompts": num_prompts}
     metrics.update(evaluate(summaries, references, args.length_min, args.length_max))
+    if not set(ROUGE_TYPES) <= metrics.keys():
+        print(f"{PROG}: {ROUGE_SKIPPED}", file=sys.stderr)
     output = args.metrics_path()
     write_json_atomic(output, metrics)
     print(json.dumps(metrics, indent=2))

@@ -14,10 +14,11 @@ PROG = "llamafactory-wspo export-alpaca-eval"
 DESCRIPTION = r"""Turn `llamafactory-wspo generate` output into AlpacaEval's model-outputs JSON.
 
   llamafactory-wspo export-alpaca-eval saves/eval/wspo.jsonl saves/eval/wspo_alpaca_eval.json \
-      generator=qwen2-7b-instruct-wspo
+      model_id=qwen2-7b-instruct-wspo
   alpaca_eval evaluate --model_outputs saves/eval/wspo_alpaca_eval.json
 
-Writes a JSON list of {"instruction", "output", "generator"} objects in the input's order (AlpacaEval matches
+Writes a JSON list of {"instruction", "output", "generator"} objects in the input's order, `generator` being the
+model's name (`model_id`, as `generate benchmark=...` names it; default: the input file's stem) (AlpacaEval matches
 outputs to its reference outputs by `instruction`, so generate from AlpacaEval's own instructions). A line with
 several samples takes the one at `sample_index`.
 """
@@ -27,12 +28,20 @@ several samples takes the one at `sample_index`.
 class ExportArguments:
     input_file: str = option(help="JSONL written by `llamafactory-wspo generate`.")
     output_file: str = option(help="AlpacaEval model-outputs JSON to write.")
-    generator: str | None = option(None, help="Model name shown by AlpacaEval (default: the input file's stem).")
+    model_id: str | None = option(
+        None, help="Model name, AlpacaEval's `generator` field (default: the input file's stem)."
+    )
+    generator: str | None = option(None, help="The same as model_id (AlpacaEval's name for it).")
     sample_index: int | None = option(None, help="Which sample of lines holding several (0 = the first).")
 
     def check(self) -> None:
         if not Path(self.input_file).is_file():
             raise CliError(f"INPUT_FILE {self.input_file}: no such file")
+        if self.model_id and self.generator and self.model_id != self.generator:
+            raise CliError(f"--generator {self.generator} and --model_id {self.model_id}: give one model name")
+        for name in ("model_id", "generator"):
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                raise CliError(f"--{name} must not be empty: AlpacaEval names the model by it")
 
 
 def convert(rows: Sequence[dict[str, Any]], generator: str, sample_index: int | None = None) -> list[dict[str, str]]:
@@ -61,7 +70,7 @@ def run(args: ExportArguments) -> int:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except json.JSONDecodeError as err:
         raise CliError(f"INPUT_FILE {path}: not JSON lines ({err})") from None
-    outputs = convert(rows, args.generator or path.stem, args.sample_index)
+    outputs = convert(rows, args.model_id or args.generator or path.stem, args.sample_index)
     write_json_atomic(Path(args.output_file), outputs)
     print(f"wrote {len(outputs)} outputs of {outputs[0]['generator'] if outputs else '-'} to {args.output_file}")
     return 0

@@ -1,14 +1,19 @@
 r"""``llamafactory-wspo generate``: responses to a set of prompts, vLLM when installed, transformers otherwise."""
 
 import dataclasses
+import difflib
 import json
+import os
 import sys
 import tempfile
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import benchmarks
 from .args import CliError, option, parse_args, run_command
 from .files import append_records, open_resumable, read_jsonl_prefix, read_records, write_json_atomic
 
@@ -43,6 +48,26 @@ stops with one line naming them instead of resuming (overwrite=true or another o
 
 On several GPUs, one process per GPU, each with its shard (num_shards=8 shard_index=0..7, CUDA_VISIBLE_DEVICES=i)
 and its own output_file; a prompt's samples do not depend on the sharding.
+
+Benchmarks: `benchmark` reads a benchmark's question file as published and writes the answer file its judge reads.
+  llamafactory-wspo generate model_name_or_path=saves/qwen2-7b-wspo template=qwen benchmark=mt_bench \
+      input_file=question.jsonl output_file=model_answer/qwen2-7b-wspo.jsonl model_id=qwen2-7b-wspo
+  mt_bench       FastChat llm_judge: {question_id, category, turns} -> {question_id, answer_id, model_id,
+                 choices: [{index: 0, turns: [answer_1, answer_2]}], tstamp}. Turn 2 is generated from the
+                 conversation holding the model's own turn-1 answer; turn 1 of a batch first, then turn 2.
+                 Temperature per category as FastChat (writing, roleplay 0.7; extraction, math, coding, reasoning 0;
+                 stem, humanities 0.1; others 0.7); max_new_tokens 1024.
+  arena_hard     Arena-Hard v0.1: {question_id, category, cluster, turns: [{content}]} -> {question_id, answer_id,
+                 model_id, choices: [{index: 0, turns: [{content}]}], tstamp, conv_metadata}; temperature 0,
+                 max_new_tokens 4096; token_len in tiktoken's cl100k_base.
+  arena_hard_v2  Arena-Hard v2.0: {uid, category, subcategory, prompt} -> {uid, ans_id, model, messages: [{role: user,
+                 content}, {role: assistant, content: {answer}}], tstamp, metadata}; temperature 0,
+                 max_new_tokens 4096; token_len in tiktoken's o200k_base.
+An explicit temperature or max_new_tokens applies to every question. The model's template and its default system
+prompt are used (system= overrides it). Arena-Hard's token_len needs tiktoken's encoding file, which tiktoken
+downloads once into its cache (TIKTOKEN_CACHE_DIR); without it (offline) the model's own tokenizer counts instead,
+said in a log line and recorded as `token_len` in the options record. The judges name a model by its answer file's
+name: keep output_file's stem equal to model_id (model_id defaults to it).
 """
 
 Message = dict[str, str]
@@ -78,9 +103,15 @@ class GenerateArguments:
     max_samples: int | None = option(None, help="Use only the first N prompts.")
     cutoff_len: int | None = option(None, help="Longest prompt in tokens; a longer one keeps its end.")
     num_samples: int = option(1, help="Completions per prompt (> 1 needs temperature > 0).")
-    temperature: float = option(0.0, help="Sampling temperature; 0 is greedy decoding. WPO's paper samples at 0.7.")
+    temperature: float | None = option(
+        None,
+        help="Sampling temperature; 0 is greedy decoding (the default; with `benchmark`, the benchmark's own). "
+        "WPO's paper samples at 0.7.",
+    )
     top_p: float = option(1.0, help="Nucleus sampling threshold. WPO's paper samples with 0.95.")
-    max_new_tokens: int = option(512, help="Longest completion, in tokens.")
+    max_new_tokens: int | None = option(
+        None, help="Longest completion, in tokens (default 512; with `benchmark`: mt_bench 1024, arena_hard 4096)."
+    )
     seed: int = option(42, help="Sampling seed; prompt i samples with seed + i.")
     batch_size: int | None = option(
         None, help="Prompts per generation call, written when done (default: 8 on huggingface, 256 on vllm)."
@@ -100,10 +131,20 @@ class GenerateArguments:
         0, help="The shard this process generates: the prompts whose index modulo num_shards is shard_index."
     )
     overwrite: bool = option(False, help="Start output_file afresh instead of resuming it.")
+    benchmark: Literal["mt_bench", "arena_hard", "arena_hard_v2"] | None = option(
+        None,
+        help="Read input_file as this benchmark's question file and write its answer file (see the description).",
+    )
+    model_id: str | None = option(
+        None, help="With `benchmark`: the model's name in the answer file (default: output_file's stem)."
+    )
 
     def check(self) -> None:
         from ..inference import resolve_backend
 
+        check_template(self.template)
+        if self.benchmark is not None:
+            check_benchmark_options(self)
         try:
             sampling_config(self).check()
             resolve_backend(self.infer_backend)
@@ -130,6 +171,35 @@ class GenerateArguments:
             check_local_model("--adapter_name_or_path", self.adapter_name_or_path)
 
 
+def check_template(name: str) -> None:
+    r"""``name`` must be one of LLaMA-Factory's chat templates (checked before any model loads)."""
+    from llamafactory.data.template import TEMPLATES
+
+    if name in TEMPLATES:
+        return
+    close = difflib.get_close_matches(name, list(TEMPLATES), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise CliError(
+        f"--template {name}: no such chat template; {hint}name the model family's template, e.g. qwen, llama3, "
+        f"mistral ({len(TEMPLATES)} in all: `llamafactory.data.template.TEMPLATES`)"
+    )
+
+
+def check_benchmark_options(args: "GenerateArguments") -> None:
+    r"""What a benchmark run cannot take: a data set, other fields, several samples per question."""
+    if args.input_file is None:
+        raise CliError(f"--benchmark {args.benchmark}: give the benchmark's question file as --input_file")
+    for name in ("dataset", "prompt_key", "label_key"):
+        if getattr(args, name) is not None:
+            raise CliError(
+                f"--{name}: not used with --benchmark {args.benchmark} (its question file is read as published)"
+            )
+    if args.num_samples != 1:
+        raise CliError(f"--num_samples {args.num_samples}: a benchmark's answer file holds one answer per question")
+    if args.model_id is not None and not args.model_id.strip():
+        raise CliError("--model_id must not be empty: the judges name the model by it")
+
+
 def check_local_model(option_name: str, value: str) -> None:
     r"""A path-like model name (``./x``, ``/x``, ``saves/x`` with more than one ``/``) must exist."""
     looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1
@@ -138,9 +208,16 @@ def check_local_model(option_name: str, value: str) -> None:
 
 
 def sampling_config(args: Any) -> "SamplingConfig":
+    r"""The sampling settings of a command's options; with ``benchmark``, unset ones are the benchmark's (a per-category
+    temperature is applied per question by :func:`question_config`; the config holds 0 then)."""
     from ..inference import SamplingConfig
 
-    return SamplingConfig(args.num_samples, args.temperature, args.top_p, args.max_new_tokens, args.seed)
+    benchmark = getattr(args, "benchmark", None)
+    temperature = 0.0 if args.temperature is None else args.temperature
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens = benchmarks.MAX_NEW_TOKENS[benchmark] if benchmark else 512
+    return SamplingConfig(args.num_samples, temperature, args.top_p, max_new_tokens, args.seed)
 
 
 def record_to_prompt(record: dict[str, Any], prompt_key: str | None, index: int) -> list[Message]:
@@ -229,7 +306,7 @@ OPTIONS_SUFFIX = ".options.json"
 OPTIONS_FORMAT = 1
 # Keys that a later version adds to the record, with the value that a record written before them stands for (e.g.
 # "benchmark": None). A key neither record has, or absent from both this table and an older record, reads as None.
-OPTIONS_ADDED: dict[str, Any] = {}
+OPTIONS_ADDED: dict[str, Any] = {"benchmark": None}
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".tiktoken", ".txt")
 NOT_MODEL_FILES = frozenset(
     {"trainer_state.json", "all_results.json", "train_results.json", "eval_results.json", "predict_results.json"}
@@ -274,8 +351,17 @@ def output_options(args: Any) -> dict[str, Any]:
     from ..inference import resolve_backend
 
     sampling = dataclasses.asdict(sampling_config(args))
-    if sampling["temperature"] == 0:
+    benchmark = getattr(args, "benchmark", None)
+    if benchmark and args.temperature is None:
+        sampling["temperature"] = benchmarks.default_temperatures(benchmark)
+    temperatures = sampling["temperature"]
+    if not any(temperatures.values() if isinstance(temperatures, dict) else [temperatures]):  # greedy throughout
         sampling.update(top_p=None, seed=None)
+    extra = {}
+    if benchmark:
+        extra = {"benchmark": benchmark, "model_id": benchmark_model_id(args)}
+        if benchmark in benchmarks.TOKEN_ENCODINGS:
+            extra["token_len"] = getattr(args, "token_len_source", None)
     return {
         "model_name_or_path": model_identity(args.model_name_or_path),
         "adapter_name_or_path": adapters_identity(getattr(args, "adapter_name_or_path", None)),
@@ -285,6 +371,7 @@ def output_options(args: Any) -> dict[str, Any]:
         "infer_backend": resolve_backend(args.infer_backend),
         "infer_dtype": args.infer_dtype,
         **sampling,
+        **extra,
     }
 
 
@@ -323,6 +410,7 @@ def check_output_options(
     items: Sequence[PromptItem],
     num_samples: int,
     fresh: str = "overwrite=true, another --output_file",
+    check_rows: Any = None,
 ) -> None:
     r"""Resume ``output`` only with the options and prompts it was started with; run before any model loads.
 
@@ -332,12 +420,14 @@ def check_output_options(
     resumes with one warning that its options cannot be checked.
     """
     record_path = options_path(output)
+    if check_rows is None:
+        check_rows = lambda path: resume_point(path, items, num_samples)  # noqa: E731
     rows, _ = read_jsonl_prefix(output)
     if not rows:
         write_json_atomic(record_path, {"format": OPTIONS_FORMAT, "command": prog, "options": options})
         return
     if not record_path.is_file():
-        resume_point(output, items, num_samples)
+        check_rows(output)
         print(
             f"{prog}: warning: {output} has no record of its options ({record_path.name}; written by an earlier "
             f"version): they cannot be checked; resuming its {len(rows)} rows with these options",
@@ -356,7 +446,7 @@ def check_output_options(
             f"{output} was started with other options: {'; '.join(changes)}. Give the same options to resume it, or "
             f"start afresh: {fresh}, or delete {output} and {record_path.name}"
         )
-    resume_point(output, items, num_samples)
+    check_rows(output)
 
 
 def generate_to_file(
@@ -427,6 +517,8 @@ def make_generator(args: Any, max_model_len: int | None = None) -> "Generator":
 
 
 def run(args: GenerateArguments) -> int:
+    if args.benchmark is not None:
+        return run_benchmark(args)
     if args.input_file is not None:
         items = load_file_prompts(args.input_file, args.prompt_key, args.label_key)[: args.max_samples]
     else:
@@ -446,6 +538,141 @@ def run(args: GenerateArguments) -> int:
         generator, items, output, config, generator.batch_size, args.system, args.cutoff_len, "generate"
     )
     print(f"{output}: {len(items)} prompts x {args.num_samples} samples ({count} generated now, {generator.backend})")
+    return 0
+
+
+def benchmark_model_id(args: Any) -> str:
+    r"""The model's name in a benchmark's answer file: ``model_id``, else ``output_file``'s stem."""
+    return args.model_id or Path(args.output_file).stem
+
+
+def benchmark_resume_point(
+    path: Path, benchmark: str, questions: Sequence[benchmarks.Question], model_id: str
+) -> tuple[int, int]:
+    r"""How many questions the answer file ``path`` already holds (checked against ``questions``) and their bytes."""
+    rows, length = read_jsonl_prefix(path)
+    if len(rows) > len(questions):
+        raise CliError(f"{path} holds {len(rows)} answers for {len(questions)} questions: give another output file")
+    for number, (row, question) in enumerate(zip(rows, questions), start=1):
+        if benchmarks.record_key(benchmark, row) != (question.id, model_id):
+            raise CliError(
+                f"{path} line {number} is not the answer of {model_id} to question {question.id!r}: it was written for "
+                "other questions or another model_id; give another output file, or overwrite=true to start it afresh"
+            )
+    return len(rows), length
+
+
+def question_config(config: "SamplingConfig", args: Any, question: benchmarks.Question) -> "SamplingConfig":
+    r"""``config`` at the question's temperature (the user's, else the benchmark's for its category)."""
+    temperature = benchmarks.question_temperature(args.benchmark, question.category, args.temperature)
+    return dataclasses.replace(config, temperature=temperature)
+
+
+def generate_turn(
+    generator: "Generator",
+    conversations: Sequence[list[Message]],
+    configs: Sequence["SamplingConfig"],
+    seeds: Sequence[int],
+    system: str | None,
+    cutoff_len: int | None,
+) -> list[str]:
+    r"""One answer to each conversation (its last message from the user), one generation call per temperature."""
+    prompts = [generator.encode(messages, system, cutoff_len) for messages in conversations]
+    answers: list[str] = [""] * len(prompts)
+    for config in dict.fromkeys(configs):  # the distinct settings, in order of first use
+        chosen = [index for index, other in enumerate(configs) if other == config]
+        outputs = generator.generate([prompts[i] for i in chosen], config, [seeds[i] for i in chosen])
+        for index, samples in zip(chosen, outputs):
+            answers[index] = samples[0]
+    return answers
+
+
+def run_benchmark(args: GenerateArguments) -> int:
+    r"""Answer a benchmark's questions into its answer file (formats in :mod:`.benchmarks`), resumably."""
+    from tqdm.auto import tqdm
+
+    records = read_records(args.input_file, "--input_file")
+    try:
+        questions = benchmarks.read_questions(args.benchmark, records)
+    except ValueError as err:
+        raise CliError(f"--input_file {args.input_file} (benchmark {args.benchmark}): {err}") from None
+    questions = [q for q in questions[: args.max_samples] if q.index % args.num_shards == args.shard_index]
+    output = Path(args.output_file)
+    model_id = benchmark_model_id(args)
+    if args.model_id and args.model_id != output.stem:
+        print(
+            f"{PROG}: warning: the judges name the model by its answer file's name ({output.stem}), not by "
+            f"model_id {args.model_id}",
+            file=sys.stderr,
+        )
+    if args.overwrite:
+        output.unlink(missing_ok=True)
+        options_path(output).unlink(missing_ok=True)
+    encoding = benchmarks.TOKEN_ENCODINGS.get(args.benchmark)
+    count_tokens = None
+    if encoding is not None:  # decided before the options are checked: the record names the counter used
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        count_tokens, args.token_len_source, reason = benchmarks.token_counter(encoding, len, offline)
+        if reason:
+            print(f"{PROG}: token_len counted with the model's tokenizer, not tiktoken {encoding}: {reason}")
+    check_output_options(
+        output,
+        output_options(args),
+        PROG,
+        questions,
+        1,
+        check_rows=lambda path: benchmark_resume_point(path, args.benchmark, questions, model_id),
+    )
+
+    config = sampling_config(args)
+    max_model_len = args.cutoff_len + config.max_new_tokens if args.cutoff_len else None
+    generator = make_generator(args, max_model_len)
+    if count_tokens is len:  # the fall-back: the model's own tokenizer
+        count_tokens = lambda text: len(generator.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    done, length = benchmark_resume_point(output, args.benchmark, questions, model_id)
+    if done:
+        print(f"{output}: {done} of {len(questions)} questions already answered, resuming")
+    with (
+        open_resumable(output, length) as handle,
+        tqdm(total=len(questions), initial=done, unit="question", desc=args.benchmark, dynamic_ncols=True) as bar,
+    ):
+        for start in range(done, len(questions), generator.batch_size):
+            chunk = questions[start : start + generator.batch_size]
+            configs = [question_config(config, args, question) for question in chunk]
+            conversations: list[list[Message]] = [[] for _ in chunk]
+            answers: list[list[str]] = [[] for _ in chunk]
+            for turn in range(max(len(question.turns) for question in chunk)):  # turn 1 of all, then turn 2, ...
+                todo = [i for i, question in enumerate(chunk) if turn < len(question.turns)]
+                for i in todo:
+                    conversations[i].append({"role": "user", "content": chunk[i].turns[turn]})
+                replies = generate_turn(
+                    generator,
+                    [conversations[i] for i in todo],
+                    [configs[i] for i in todo],
+                    [config.seed + chunk[i].index for i in todo],
+                    args.system,
+                    args.cutoff_len,
+                )
+                for i, reply in zip(todo, replies):
+                    conversations[i].append({"role": "assistant", "content": reply})
+                    answers[i].append(reply)
+            rows = [
+                benchmarks.answer_record(
+                    args.benchmark,
+                    question,
+                    turns,
+                    model_id,
+                    uuid.uuid4().hex,
+                    time.time(),
+                    count_tokens(turns[-1]) if count_tokens else None,
+                )
+                for question, turns in zip(chunk, answers)
+            ]
+            append_records(handle, rows)
+            bar.update(len(chunk))
+    print(
+        f"{output}: {len(questions)} answers of {model_id} ({len(questions) - done} generated now, {generator.backend})"
+    )
     return 0
 
 

@@ -32,10 +32,13 @@ Every key of the recipe is kept except:
   pairwise or not, the same columns and tags); existing local files are kept (max_samples rows);
 - deepspeed, bf16/fp16, flash attention (fa2 -> sdpa), liger kernel and unsloth -> off; max_steps -> 1;
   output_dir, logps_cache_dir and dataset_dir -> the work folder; report_to -> none; preprocessing workers -> none.
-Each swap is printed. A recipe that names a model to swap needs `template`. A wrong key, or an argument that the
-stage refuses before it loads a model, fails with the recipe's own error (LLaMA-Factory's parser and the stage's own
-checks, also in a dry run; exit code 2); a failed run exits with code 1. Several recipes run one after the other in
-this process.
+Each swap is printed (a local model path that does not exist is named as such). A relative dataset_dir is read from
+the working directory, as `llamafactory-cli train` reads it, else from the recipe's folder or one above it (said).
+What the recipe's real run needs and this environment lacks (deepspeed, flash-attn for fa2, liger-kernel, unsloth,
+vllm) is a warning; the CPU trial still runs. A recipe that names a model to swap needs `template`. A wrong key, or
+an argument that the stage refuses before it loads a model, fails with the recipe's own error (LLaMA-Factory's
+parser and the stage's own checks, also in a dry run; exit code 2); a failed run exits with code 1. Several recipes
+run one after the other in this process.
 """
 MODEL_KEYS = ("model_name_or_path", "ref_model", "reward_model", "weak_base_model", "weak_aligned_model")
 WEAK_KEYS = ("weak_base_model", "weak_aligned_model")
@@ -128,7 +131,52 @@ def check_recipe(config: dict[str, Any], recipe: Path) -> None:
             f"of {config[swapped[0]]} to the recipe (e.g. `template: qwen`), or give it after the recipe "
             "(`template=qwen`)"
         )
+    stage = config.get("stage")
+    if stage is not None:
+        from ..hparams import PluginInputError, check_stage
+
+        try:
+            check_stage(stage, host_stages())
+        except PluginInputError as err:
+            raise CliError(f"recipe {recipe}: {err}") from None
     dataset_info(config, recipe)
+
+
+def host_stages() -> tuple[str, ...]:
+    r"""The stages of the installed LLaMA-Factory (its ``FinetuningArguments.stage`` choices)."""
+    from llamafactory.hparams.finetuning_args import FinetuningArguments
+
+    from ..host.checks import literal_choices
+
+    return literal_choices(FinetuningArguments, "stage")
+
+
+# What a recipe's real run imports (its key, the value that needs it, the module, what installs it).
+RUNTIME_NEEDS = (
+    ("deepspeed", None, "deepspeed", "deepspeed"),
+    ("flash_attn", "fa2", "flash_attn", "flash-attn"),
+    ("enable_liger_kernel", None, "liger_kernel", "liger-kernel"),
+    ("use_unsloth", None, "unsloth", "unsloth"),
+    ("infer_backend", "vllm", "vllm", "vllm"),
+)
+
+
+def missing_runtime(config: dict[str, Any]) -> list[str]:
+    r"""One warning per package that the unswapped recipe's real run needs and this environment lacks (smoke itself
+    turns them off, so the CPU trial still runs)."""
+    import importlib.util
+
+    warnings = []
+    for key, value, module, package in RUNTIME_NEEDS:
+        wanted = config.get(key)
+        if not wanted or value is not None and str(wanted).lower() != value:
+            continue
+        if importlib.util.find_spec(module) is None:
+            warnings.append(
+                f"warning: this recipe's real run needs {package} (`{key}: {wanted}`), which is not installed: "
+                f"pip install {package}"
+            )
+    return warnings
 
 
 def dataset_info(config: dict[str, Any], recipe: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -136,8 +184,8 @@ def dataset_info(config: dict[str, Any], recipe: Path) -> tuple[Path, dict[str, 
     :class:`CliError` naming the file if it is not UTF-8 JSON holding a mapping); ``None`` otherwise."""
     if not any(config.get(key) for key in ("dataset", "eval_dataset")):
         return None
-    source_dir = resolve_relative(str(config.get("dataset_dir", "data")), recipe)
-    if source_dir is None or not (source_dir / "dataset_info.json").is_file():
+    source_dir = data_folder(config, recipe)[0]
+    if source_dir is None:
         return None
     path = source_dir / "dataset_info.json"
     try:
@@ -151,15 +199,25 @@ def dataset_info(config: dict[str, Any], recipe: Path) -> tuple[Path, dict[str, 
     return source_dir, info
 
 
-def resolve_relative(value: str, recipe: Path) -> Path | None:
-    r"""A path of the recipe: as given (from the current folder), else relative to a folder above the recipe."""
+def data_folder(config: dict[str, Any], recipe: Path) -> tuple[Path | None, str | None]:
+    r"""``(the folder holding the recipe's dataset_info.json, a note where it is not the real run's)``.
+
+    ``llamafactory-cli train`` reads a relative ``dataset_dir`` from the working directory, so smoke does too where
+    it has a ``dataset_info.json``; otherwise it looks in the recipe's folder and the folders above it (the shipped
+    recipes name ``yaml_recipes/data``, relative to the folder above ``yaml_recipes/``) and says which folder it used.
+    """
+    value = str(config.get("dataset_dir", "data"))
     path = Path(value).expanduser()
-    if path.is_absolute() or path.exists():
-        return path if path.exists() else None
+    if path.is_absolute() or (path / "dataset_info.json").is_file():
+        return (path if (path / "dataset_info.json").is_file() else None), None
     for parent in recipe.resolve().parents:
-        if (parent / path).exists():
-            return parent / path
-    return None
+        if (parent / path / "dataset_info.json").is_file():
+            return parent / path, (
+                f"dataset_dir {value}: not in the working directory {Path.cwd()}; used {parent / path} (found from the "
+                f"recipe's folder): `llamafactory-cli train` reads it from the working directory, so run it from "
+                f"{parent}"
+            )
+    return None, None
 
 
 class TinyModels:
@@ -209,6 +267,7 @@ class TinyModels:
 
 
 def swap_models(swap: Swap, models: TinyModels) -> None:
+    from ..train.trainer_utils import looks_like_local_path
     from .smoke_families import family_of
 
     config = swap.config
@@ -234,7 +293,10 @@ def swap_models(swap: Swap, models: TinyModels) -> None:
             kind = "model"
         config[key] = str(tiny[key])
         guess = "" if known else f"; no family known for template {key_template}, Llama used"
-        swap.notes.append(f"{key}: {name} -> tiny {family.name} {kind} (template {key_template}{guess})")
+        missing = ""
+        if looks_like_local_path(name) and not os.path.isdir(os.path.expanduser(name)):
+            missing = "; a local path that does not exist: the real run needs the model there"
+        swap.notes.append(f"{key}: {name} -> tiny {family.name} {kind} (template {key_template}{guess}{missing})")
 
     for key, base_key in ADAPTER_KEYS.items():
         names = config.get(key)
@@ -324,6 +386,9 @@ def swap_data(swap: Swap, recipe: Path, data_dir: Path, num_rows: int) -> None:
         swap.notes.append(f"dataset_dir {config.get('dataset_dir', 'data')}: no dataset_info.json found; data kept")
         return
     source_dir, info = found
+    where = data_folder(config, recipe)[1]
+    if where:
+        swap.notes.append(where)
     new_info: dict[str, Any] = {}
     data_dir.mkdir(parents=True, exist_ok=True)
     for name in dict.fromkeys(names):
@@ -507,6 +572,8 @@ def run(args: SmokeArguments, overrides: dict[str, Any]) -> int:
             run_dir = work / "runs" / f"{number:02d}-{recipe.stem}"
             print(f"\n== smoke {recipe} ({'dry run' if args.dry_run else 'one optimiser step on the CPU'})")
             started = time.monotonic()
+            for warning in missing_runtime(config):
+                print(f"   {warning}", file=sys.stderr)
             swap = swap_recipe(config, recipe, run_dir, models, args.num_rows)
             for note in swap.notes:
                 print(f"   {note}")

@@ -4,6 +4,8 @@ from typing import TYPE_CHECKING
 
 from llamafactory.data.parser import get_dataset_list
 
+from ..hparams import PluginInputError
+
 
 if TYPE_CHECKING:
     from llamafactory.hparams import DataArguments
@@ -17,7 +19,7 @@ def _is_ranking(dataset_names: list[str] | None, data_args: "DataArguments") -> 
 
     kinds = {attr.ranking for attr in get_dataset_list(dataset_names, data_args.dataset_dir)}
     if len(kinds) > 1:
-        raise ValueError(
+        raise PluginInputError(
             f"`dataset`/`eval_dataset` mix pairwise and SFT-format data sets ({', '.join(dataset_names)}): "
             "use data sets of one kind in a WSPO run."
         )
@@ -30,12 +32,12 @@ def check_wspo_data(data_args: "DataArguments", finetuning_args: "WSPOArguments"
     ranking = _is_ranking(data_args.dataset, data_args)
     eval_ranking = _is_ranking(data_args.eval_dataset, data_args)
     if ranking is not None and eval_ranking is not None and ranking != eval_ranking:
-        raise ValueError("`dataset` and `eval_dataset` must both be pairwise or both be SFT-format for WSPO.")
+        raise PluginInputError("`dataset` and `eval_dataset` must both be pairwise or both be SFT-format for WSPO.")
 
     pairwise = bool(ranking if ranking is not None else eval_ranking)
     if not pairwise and finetuning_args.wspo_response != "chosen":
         names = ", ".join((data_args.dataset or []) + (data_args.eval_dataset or []))
-        raise ValueError(
+        raise PluginInputError(
             f"`wspo_response: {finetuning_args.wspo_response}` needs a pairwise (ranking) data set, but {names} has "
             "no pairs: use `wspo_response: chosen` (the default) to train on its responses."
         )
@@ -50,7 +52,7 @@ def check_wpo_data(data_args: "DataArguments", kto: bool) -> None:
     if kto:
         untagged = [name for name, attr in zip(names, attrs) if attr.ranking or not attr.kto_tag]
         if untagged:
-            raise ValueError(
+            raise PluginInputError(
                 "`pref_loss: kto` needs KTO-format data sets (a `kto_tag` column in dataset_info.json), but "
                 f"{', '.join(untagged)} has none: use LLaMA-Factory's KTO format, or a per-pair `pref_loss`."
             )
@@ -59,7 +61,7 @@ def check_wpo_data(data_args: "DataArguments", kto: bool) -> None:
 
     unpaired = [name for name, attr in zip(names, attrs) if not attr.ranking]
     if unpaired:
-        raise ValueError(
+        raise PluginInputError(
             '`stage: wpo` needs pairwise data sets (`"ranking": true` in dataset_info.json), but '
             f"{', '.join(unpaired)} has no pairs: use a preference data set such as ultrafeedback_binarized, "
             "or `pref_loss: kto` with KTO-format data."

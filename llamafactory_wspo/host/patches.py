@@ -17,16 +17,20 @@ The other touches on the host or its libraries live beside this module: :mod:`.d
 processor that cross-tokenizer WSPO wraps) and :mod:`.compat` (library shims).
 """
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..hparams import PLUGIN_STAGES, WPO_PREF_LOSSES, PluginArguments
+from ..hparams import PLUGIN_STAGES, WPO_PREF_LOSSES, PluginArguments, PluginInputError, check_stage
 from .checks import HostMismatch, check_parser, check_tuner, literal_choices
 from .gate import LLAMABOARD, TRAINING, Area, requested_stage
 
 
 _PATCHED_MARK = "_llamafactory_wspo_patched"
+TRACEBACK_ENV = "LLAMAFACTORY_WSPO_TRACEBACK"  # set to 1: a PluginInputError ends with its traceback
+USAGE_ERROR = 2
 
 
 def on_import(module) -> None:
@@ -37,6 +41,7 @@ def on_import(module) -> None:
     setattr(module, _PATCHED_MARK, True)
     name = module.__name__
     if name == "llamafactory.hparams.parser":
+        install_excepthook()
         _check_and_patch(TRAINING, module, _check_parser, _patch_parser)
     elif name == "llamafactory.train.tuner":
         _check_and_patch(TRAINING, module, check_tuner, _patch_tuner)
@@ -117,13 +122,52 @@ def build_finetuning_arguments(base: type) -> type:
     return FinetuningArguments
 
 
+def install_excepthook() -> None:
+    r"""A :class:`~llamafactory_wspo.hparams.PluginInputError` that ends the process (``llamafactory-cli train``, every
+    ``torchrun`` rank) is one line on stderr, from local rank 0 only, and exit code 2; ``LLAMAFACTORY_WSPO_TRACEBACK=1``
+    adds its traceback. Every other exception, and one caught by a caller (``smoke``, tests), is left as it is."""
+    previous = sys.excepthook
+    if getattr(previous, _PATCHED_MARK, False):
+        return
+
+    def excepthook(kind, value, traceback) -> None:
+        if not isinstance(value, PluginInputError):
+            return previous(kind, value, traceback)
+
+        # The process's own stderr: torch.distributed's hook, which wraps this one once a process group exists,
+        # collects what its inner hook writes to sys.stderr and prints it only after that hook returns.
+        stderr, sys.stderr = sys.stderr, sys.__stderr__
+        try:
+            if os.getenv(TRACEBACK_ENV, "0").lower() in ("1", "true", "y"):
+                previous(kind, value, traceback)
+            elif os.getenv("LOCAL_RANK", "0") in ("", "0"):
+                print(f"llamafactory-wspo: error: {' '.join(str(value).split())}", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            sys.stderr = stderr
+        os._exit(USAGE_ERROR)  # the interpreter would exit with 1 after any excepthook
+
+    setattr(excepthook, _PATCHED_MARK, True)
+    sys.excepthook = excepthook
+
+
+def _host_stages(parser) -> tuple[str, ...] | None:
+    try:
+        return literal_choices(parser.FinetuningArguments, "stage")
+    except (HostMismatch, AttributeError):
+        return None
+
+
 def _guard_parser(parser) -> None:
-    r"""A plugin stage asked for while the training area is inactive stops here, with the one clear error."""
+    r"""The requested stage, checked before the host parses: an unknown one (``WSPO``, ``wsp0``) is one error naming
+    the stages; a plugin stage asked for while the training area is inactive stops here, with the one clear error."""
     original = getattr(parser, "_parse_train_args", None)
     if original is None:  # then the tuner's router reports it
         return
 
     read_args = getattr(parser, "read_args", lambda args: args)
+    host_stages = _host_stages(parser)
 
     def _parse_train_args(args=None):
         try:
@@ -131,6 +175,8 @@ def _guard_parser(parser) -> None:
         except Exception:  # the host reports its own argument errors
             stage = None
 
+        if host_stages is not None and isinstance(stage, str):
+            check_stage(stage, host_stages)
         if stage in PLUGIN_STAGES:
             TRAINING.require(stage, on_import)
 

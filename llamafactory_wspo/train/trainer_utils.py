@@ -25,21 +25,68 @@ if TYPE_CHECKING:
     from ..logps.store import LogpsStore
 
 
-def _looks_like_path(name: str) -> bool:
-    r"""Hub ids are ``name`` or ``org/name``; anything else (absolute, ``./x``, ``~/x``, ``a/b/c``) is a path."""
-    return name.startswith((os.sep, ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+def looks_like_local_path(name: str) -> bool:
+    r"""Decided locally, never by the hub: a value that starts with ``/``, ``./``, ``../`` or ``~``, has more than one
+    ``/`` (hub ids are ``name`` or ``org/name``), or whose first component is an existing local folder
+    (``saves/qwen2-grpo`` where ``saves/`` exists) is a path."""
+    if name.startswith(("/", "./", "../", "~")) or name in (".", "..") or name.count("/") > 1:
+        return True
+
+    if os.sep != "/" and os.sep in name:
+        return True
+
+    return "/" in name and os.path.isdir(name.split("/", 1)[0])
+
+
+def hub_offline() -> bool:
+    return os.getenv("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
 def check_model_paths(
     model_args: "ModelArguments", finetuning_args: "PluginArguments", keys: Sequence[str] = ("ref_model",)
 ) -> None:
-    r"""A model argument that is clearly a path must exist (hub ids are left to the loader)."""
+    r"""Before any load, one :class:`~llamafactory_wspo.hparams.PluginInputError` per model argument: a local path
+    (:func:`looks_like_local_path`) that is not an existing folder, or, with ``HF_HUB_OFFLINE=1``, a hub id that is not in
+    the local hub cache. Other hub ids are left to the loader."""
+    from ..hparams import PluginInputError
+
     for key in ("model_name_or_path", *keys):
         value = model_args.model_name_or_path if key == "model_name_or_path" else getattr(finetuning_args, key)
-        if value and _looks_like_path(value) and not os.path.exists(os.path.expanduser(value)):
-            raise ValueError(
-                f"`{key}` is a path that does not exist: {value}. Point it at a model directory or hub id."
+        if not value or os.path.isdir(os.path.expanduser(value)):
+            continue
+
+        if os.path.isfile(os.path.expanduser(value)):
+            raise PluginInputError(f"`{key}: {value}` is a file: point it at a model folder or a hub id (org/name).")
+
+        if looks_like_local_path(value):
+            raise PluginInputError(
+                f"`{key}` is a path that does not exist: {value}. Point it at a model folder (a local path is never "
+                "looked up on the hub), or give a hub id (org/name)."
             )
+
+        revision = model_args.model_revision if key == "model_name_or_path" else "main"
+        if hub_offline() and not _in_hub_cache(value, revision, model_args.cache_dir):
+            raise PluginInputError(
+                f"`{key}: {value}` is not in the local hub cache, and HF_HUB_OFFLINE=1 stops its download: download "
+                f"it once online (`huggingface-cli download {value}`), point `{key}` at a local folder, or unset "
+                "HF_HUB_OFFLINE."
+            )
+
+
+def _in_hub_cache(repo_id: str, revision: str | None, cache_dir: str | None) -> bool:
+    r"""Whether the Hugging Face cache holds ``repo_id``'s ``config.json`` (ModelScope and Modelers: not checked)."""
+    if any(
+        os.getenv(key, "0").lower() in ("1", "true", "yes", "on") for key in ("USE_MODELSCOPE_HUB", "USE_OPENMIND_HUB")
+    ):
+        return True
+
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision or "main")
+    except ValueError:  # not a valid repo id: the loader names it
+        return True
+    return isinstance(found, str)
 
 
 def precompute_frozen_logps(

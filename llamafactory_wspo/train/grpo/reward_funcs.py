@@ -5,6 +5,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ...hparams import PluginInputError
 from ...length_reward import LengthReward
 
 
@@ -22,7 +23,7 @@ def resolve_reward_func(name: str, finetuning_args: "GRPOArguments") -> Callable
 
     module_name, sep, attr = name.partition(":") if ":" in name else name.rpartition(".")
     if not sep or not module_name or not attr:
-        raise ValueError(
+        raise PluginInputError(
             f"`grpo_reward_funcs`: {name!r} is not a reward function. Use `length`, an importable `module:function`, "
             "or the path of an existing local reward model directory."
         )
@@ -30,13 +31,13 @@ def resolve_reward_func(name: str, finetuning_args: "GRPOArguments") -> Callable
     try:
         func = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(
+        raise PluginInputError(
             f"`grpo_reward_funcs`: cannot import {name!r} ({exc}). Check the module is importable in the training "
             "environment (on PYTHONPATH or installed) and that it defines that function."
         ) from None
 
     if not callable(func):
-        raise ValueError(f"`grpo_reward_funcs`: {name!r} is not callable.")
+        raise PluginInputError(f"`grpo_reward_funcs`: {name!r} is not callable.")
 
     return func
 
