@@ -55,6 +55,14 @@ def wspo_loss(
     return masked_mean((gamma * strong_shift - weak_shift.detach().float()) ** 2, mask)
 
 
+def wspo_token_losses(
+    policy_logps: torch.Tensor, ref_logps: torch.Tensor, weak_shift: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    r"""The WSPO loss of every token, ``(gamma * s_t - w_t) ** 2``, before any mean: packed rows average it per
+    example (:mod:`llamafactory_wspo.packing`); :func:`wspo_loss` is its per-row mean."""
+    return (gamma * (policy_logps - ref_logps.detach().float()) - weak_shift.detach().float()) ** 2
+
+
 def sft_loss(policy_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     r"""Per-example SFT regulariser ``-(1/T) * sum_t log pi_theta(y_t)`` (added with weight ``pref_ftx``)."""
     return -masked_mean(policy_logps, mask)

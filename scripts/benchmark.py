@@ -3,6 +3,7 @@
     python scripts/benchmark.py --output benchmark.json            # CPU, small random-init models (minutes)
     python scripts/benchmark.py --quick --output benchmark.json    # CI form: tiny models, a few steps
     python scripts/benchmark.py --device cuda --preset qwen2-1.5b --output benchmark_gpu.json   # bf16 on a GPU
+    python scripts/benchmark.py --packing --output benchmark_packing.json   # packed against unpacked (minutes)
 
 Every mode trains one epoch of the same data with the same strong model, through LLaMA-Factory's
 ``run_exp`` in a fresh subprocess (so memory figures do not mix):
@@ -32,6 +33,26 @@ are reported too (the switch leaves the hook's module imported but installs noth
 With ``--repeats`` (default 2; 1 with ``--quick``) the modes run that many times, interleaved, and each mode's
 fastest run counts (noise on a shared machine only ever adds time). The ratios and their targets are printed and written with everything else to ``--output``; ``--check``
 makes the exit status 1 when a target is missed.
+
+``--packing`` runs the packing preset instead: UltraFeedback-like lengths (:func:`long_tailed_lengths`: prompt and
+responses log-normal, prompt + response averaging ``--mean_tokens``; 500 tokens at ``cutoff_len`` 2048 on a GPU,
+125 at 512 on the CPU, where SDPA's dense block-diagonal mask grows with the square of the row), one epoch of
+``--examples`` pairs per mode:
+
+- ``wspo_packed``, ``sft_packed``: WSPO (precomputed) and stock SFT with ``packing`` and ``neat_packing``, one
+  row of ``cutoff_len`` tokens per micro-step; ``wpo_packed``: WPO (precomputed reference, sampled alignment) with
+  ``packing``, pairs packed into rows;
+- ``*_unpacked``: the stage unpacked at the batch that fills the same tokens per micro-step (the mean number of
+  examples or pairs per packed row, rounded), stock DPO included; ``*_batch1``: unpacked at batch 1;
+- ``zero3_wspo_packed``, ``zero3_wspo_batch1``: two processes under ZeRO-3 (``llamafactory-cli train`` with
+  FORCE_TORCHRUN=1, ``yaml_recipes/deepspeed/ds_z3_config.json``), WSPO packed against the batch of one, each with
+  the accumulation of its UltraFeedback WSPO recipe (``strong_wspo_packed.yaml``, ``strong_wspo.yaml``).
+
+Tokens per second there counts real (non-padding) tokens: those of the steps after ``--warmup`` over the time from
+the end of the warm-up to the end of the last step, data loading and collation included (the 4D mask is built in
+the collator). The ZeRO-3 runs report micro-steps per rank, optimiser steps and the training loop's wall time for
+the epoch (``train_runtime``). The ratios and their targets (:data:`PACKING_TARGETS`) are printed side by side and
+written to ``--output``.
 """
 
 import argparse
@@ -95,8 +116,19 @@ TARGETS = (
 # ------------------------------------------------------------------------------------------------ assets
 
 
-def build_assets(out: Path, preset: str, num_examples: int, response_words: int, seed: int) -> None:
-    r"""Tokenizer, strong / weak / weak-aligned models and the data sets (same prompts for every mode)."""
+def build_assets(
+    out: Path,
+    preset: str,
+    num_examples: int,
+    response_words: int,
+    seed: int,
+    lengths: list[tuple[int, int, int]] | None = None,
+) -> None:
+    r"""Tokenizer, strong / weak / weak-aligned models and the data sets (same prompts for every mode).
+
+    ``lengths``: the (prompt, chosen, rejected) word counts of each example (:func:`long_tailed_lengths`) instead
+    of the default spread; one word is one token of the tiny tokenizer.
+    """
     from tests.helpers import tiny_assets
 
     tiny_assets.build_tokenizer(out / "tokenizer")
@@ -113,11 +145,14 @@ def build_assets(out: Path, preset: str, num_examples: int, response_words: int,
         if preset in PROMPT_SHARE
         else 16
     )  # responses average 0.55 x response_words
-    for _ in range(num_examples):
-        prompt = " ".join(rng.choices(words, k=prompt_words))
-        # response lengths spread like real preference data (from a tenth of the budget to all of it)
-        chosen = " ".join(rng.choices(words, k=rng.randint(max(1, response_words // 10), response_words)))
-        rejected = " ".join(rng.choices(words, k=rng.randint(max(1, response_words // 10), response_words)))
+    for index in range(num_examples):
+        if lengths is not None:
+            prompt, chosen, rejected = (" ".join(rng.choices(words, k=count)) for count in lengths[index])
+        else:
+            prompt = " ".join(rng.choices(words, k=prompt_words))
+            # response lengths spread like real preference data (from a tenth of the budget to all of it)
+            chosen = " ".join(rng.choices(words, k=rng.randint(max(1, response_words // 10), response_words)))
+            rejected = " ".join(rng.choices(words, k=rng.randint(max(1, response_words // 10), response_words)))
         pairs.append({"instruction": prompt, "chosen": chosen, "rejected": rejected})
         sft.append({"instruction": prompt, "output": chosen})
     data = out / "data"
@@ -280,6 +315,7 @@ def run_worker(config_path: Path, result_path: Path, device: str, threads: int) 
     class Meter(TrainerCallback):
         def __init__(self) -> None:
             self.step_times: list[float] = []
+            self.step_ends: list[float] = []
             self.tokens: list[int] = []
             self.peak = 0
             self.running = False
@@ -308,7 +344,8 @@ def run_worker(config_path: Path, result_path: Path, device: str, threads: int) 
         def on_step_end(self, args, state, control, **kwargs):
             if device == "cuda":
                 torch.cuda.synchronize()
-            self.step_times.append(time.perf_counter() - self.step_started)
+            self.step_ends.append(time.perf_counter())
+            self.step_times.append(self.step_ends[-1] - self.step_started)
             self.tokens.append(state.num_input_tokens_seen - self.tokens_before)
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -321,6 +358,7 @@ def run_worker(config_path: Path, result_path: Path, device: str, threads: int) 
     from llamafactory.train.tuner import run_exp
 
     meter = Meter()
+    real_tokens = count_real_tokens(config["model_name_or_path"])
     started = time.perf_counter()
     run_exp(config, callbacks=[meter])
     total = time.perf_counter() - started
@@ -330,6 +368,9 @@ def run_worker(config_path: Path, result_path: Path, device: str, threads: int) 
         **extra,
         "step_times": meter.step_times,
         "step_tokens": meter.tokens,
+        "step_ends": [end - meter.train_started for end in meter.step_ends],
+        "step_real_tokens": real_tokens["tokens"],
+        "step_positions": real_tokens["positions"],
         "train_seconds": meter.train_seconds,
         "run_seconds": total,
         "peak_memory_bytes": meter.peak,
@@ -338,6 +379,34 @@ def run_worker(config_path: Path, result_path: Path, device: str, threads: int) 
         "precompute_passes": passes,
     }
     result_path.write_text(json.dumps(result, indent=2))
+
+
+def count_real_tokens(tokenizer_dir: str) -> dict[str, list[int]]:
+    r"""Count the real (non-padding) input tokens and all input positions of every optimiser step, in lists that
+    fill as training runs.
+
+    ``include_num_input_tokens_seen`` cannot: it sums the attention mask, which counts a packed row's padding
+    (plain ``packing``) or is the 4D block-diagonal mask (``neat_packing``). This wraps the one method that fetches
+    each optimiser step's micro-batches, ``Trainer.get_batch_samples`` (every trainer run here goes through it), and
+    counts the positions that are not the pad token: the benchmark's data never contains it.
+    """
+    from transformers import AutoTokenizer, Trainer
+
+    pad = AutoTokenizer.from_pretrained(tokenizer_dir).pad_token_id
+    counts: dict[str, list[int]] = {"tokens": [], "positions": []}
+    fetch = Trainer.get_batch_samples
+
+    def get_batch_samples(self, *args, **kwargs):
+        batch_samples, num_items_in_batch = fetch(self, *args, **kwargs)
+        if batch_samples:
+            keys = ("input_ids",) if "input_ids" in batch_samples[0] else ("chosen_input_ids", "rejected_input_ids")
+            ids = [batch[key] for batch in batch_samples for key in keys]
+            counts["tokens"].append(sum(int((item != pad).sum()) for item in ids))
+            counts["positions"].append(sum(item.numel() for item in ids))
+        return batch_samples, num_items_in_batch
+
+    Trainer.get_batch_samples = get_batch_samples
+    return counts
 
 
 def full_logits_forward(config: dict[str, Any]) -> dict[str, float]:
@@ -408,12 +477,343 @@ def summarise(mode: str, raw: dict[str, Any], warmup: int, policy_params: int, p
     return summary
 
 
+# ------------------------------------------------------------------------------------------------ packing preset
+
+
+# Packed runs first: their rows give the batch that fills the same tokens per micro-step (the "unpacked" modes).
+PACKING_MODES = (
+    "sft_packed", "wspo_packed", "wpo_packed",
+    "sft_unpacked", "sft_batch1", "wspo_unpacked", "wspo_batch1",
+    "wpo_unpacked", "wpo_batch1", "dpo_unpacked", "dpo_batch1",
+    "zero3_wspo_packed", "zero3_wspo_batch1",
+)  # fmt: skip
+PACKING_DEFAULTS = {
+    # models, cutoff_len, mean tokens of prompt + response, examples (pairs), steps left out of tokens/s, runs
+    "quick": {"preset": "tiny", "seq_len": 128, "mean_tokens": 40, "examples": 32, "warmup": 1, "repeats": 1},
+    "cpu": {"preset": "small", "seq_len": 512, "mean_tokens": 125, "examples": 64, "warmup": 2, "repeats": 1},
+    "cuda": {"preset": "qwen2-1.5b", "seq_len": 2048, "mean_tokens": 500, "examples": 256, "warmup": 4, "repeats": 1},
+}
+# The stages' base modes, and the options of their packed form (WPO packs pairs with `packing` alone).
+PACKING_BASE = {"sft": "sft", "dpo": "dpo", "wspo": "wspo", "wpo": "wpo_precomputed"}
+PACKED_OPTIONS: dict[str, dict[str, bool]] = {
+    "sft": {"packing": True, "neat_packing": True},
+    "wspo": {"packing": True, "neat_packing": True},
+    "wpo": {"packing": True},
+}
+LENGTH_SIGMA = 0.9  # log-normal shape of the prompt and response lengths: a long tail, mean above the median
+QWEN_TURN_TOKENS = 24  # the qwen template's tokens around one turn in the tiny tokenizer (23 before the response)
+ZERO3_PROCESSES = 2
+ZERO3_RECIPES = {  # the UltraFeedback WSPO recipes whose gradient_accumulation_steps the ZeRO-3 runs take
+    "zero3_wspo_batch1": ROOT / "yaml_recipes" / "ultrafeedback_wspo" / "instruct" / "strong_wspo.yaml",
+    "zero3_wspo_packed": ROOT / "yaml_recipes" / "ultrafeedback_wspo" / "instruct" / "strong_wspo_packed.yaml",
+}
+SAME_TOKENS = "same tokens per micro-step"
+PACKING_TARGETS = (
+    # tokens/s counts real (non-padding) tokens; "unpacked" runs the batch that fills a packed row's tokens
+    (f"WSPO packed / WSPO unpacked, {SAME_TOKENS}", ("wspo_packed", "tokens_per_second"), ("wspo_unpacked", "tokens_per_second"), (">=", 1.5)),
+    ("WSPO packed / WSPO at batch 1", ("wspo_packed", "tokens_per_second"), ("wspo_batch1", "tokens_per_second"), (">=", 1.0)),
+    ("WSPO packed / stock SFT packed", ("wspo_packed", "tokens_per_second"), ("sft_packed", "tokens_per_second"), (">=", 1.0)),
+    (f"stock SFT packed / SFT unpacked, {SAME_TOKENS}", ("sft_packed", "tokens_per_second"), ("sft_unpacked", "tokens_per_second"), None),
+    ("stock SFT packed / SFT at batch 1", ("sft_packed", "tokens_per_second"), ("sft_batch1", "tokens_per_second"), None),
+    (f"WPO packed / WPO unpacked, {SAME_TOKENS}", ("wpo_packed", "tokens_per_second"), ("wpo_unpacked", "tokens_per_second"), (">=", 1.3)),
+    ("WPO packed / WPO at batch 1", ("wpo_packed", "tokens_per_second"), ("wpo_batch1", "tokens_per_second"), None),
+    (f"WPO packed / stock DPO, {SAME_TOKENS}", ("wpo_packed", "tokens_per_second"), ("dpo_unpacked", "tokens_per_second"), (">=", 1.0)),
+    ("WPO packed / stock DPO at batch 1", ("wpo_packed", "tokens_per_second"), ("dpo_batch1", "tokens_per_second"), (">=", 1.0)),
+    ("ZeRO-3 wall per epoch: WSPO packed / batch of one", ("zero3_wspo_packed", "train_seconds"), ("zero3_wspo_batch1", "train_seconds"), ("<=", 0.5)),
+    ("ZeRO-3 micro-steps per epoch: WSPO packed / batch of one", ("zero3_wspo_packed", "micro_steps"), ("zero3_wspo_batch1", "micro_steps"), None),
+)  # fmt: skip
+
+
+def long_tailed_lengths(
+    num: int,
+    mean_tokens: float,
+    cutoff_len: int,
+    seed: int,
+    overhead: int = QWEN_TURN_TOKENS,
+    sigma: float = LENGTH_SIGMA,
+) -> list[tuple[int, int, int]]:
+    r"""The (prompt, chosen, rejected) content lengths in tokens of ``num`` pairs with UltraFeedback-like lengths.
+
+    The prompt and each response are drawn log-normal with shape ``sigma``, each with mean
+    ``(mean_tokens - overhead) / 2``, so that a prompt and its response, with the template's ``overhead`` tokens
+    around one turn, average about ``mean_tokens`` tokens, with a long tail (the mean above the median). A pair
+    whose prompt and longer response would exceed ``cutoff_len`` is shortened to fit, prompt and responses in
+    proportion, as truncation at ``cutoff_len`` would.
+    """
+    import math
+
+    rng = random.Random(seed)
+    mu = math.log((mean_tokens - overhead) / 2) - sigma**2 / 2  # a log-normal's mean is exp(mu + sigma^2 / 2)
+    lengths = []
+    for _ in range(num):
+        prompt, chosen, rejected = (max(1, round(rng.lognormvariate(mu, sigma))) for _ in range(3))
+        longest = prompt + max(chosen, rejected)
+        if overhead + longest > cutoff_len:
+            scale = (cutoff_len - overhead) / longest
+            prompt, chosen, rejected = (max(1, int(count * scale)) for count in (prompt, chosen, rejected))
+        lengths.append((prompt, chosen, rejected))
+    return lengths
+
+
+def length_stats(lengths: list[tuple[int, int, int]], overhead: int = QWEN_TURN_TOKENS) -> dict[str, float]:
+    r"""Mean, median, 90th and 99th percentile and maximum of prompt + chosen response in tokens, with the
+    template's tokens; the mean of a pair's two sequences together."""
+    totals = sorted(overhead + prompt + chosen for prompt, chosen, _ in lengths)
+    pairs = [2 * (overhead + prompt) + chosen + rejected for prompt, chosen, rejected in lengths]
+
+    def quantile(share: float) -> int:
+        return totals[min(len(totals) - 1, int(share * len(totals)))]
+
+    return {
+        "mean": statistics.mean(totals),
+        "median": statistics.median(totals),
+        "p90": quantile(0.9),
+        "p99": quantile(0.99),
+        "max": totals[-1],
+        "pair_mean": statistics.mean(pairs),
+    }
+
+
+def packing_config(mode: str, batch: int, assets: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    r"""The run of one packing mode: its stage's base mode at ``batch`` examples (packed: rows) per micro-step."""
+    stage, layout = mode.removeprefix("zero3_").rsplit("_", 1)
+    config = mode_config(PACKING_BASE[stage], assets, work, args)
+    config.update(
+        output_dir=str(work / mode),
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,  # the precompute pass scores in batches of the same shape
+    )
+    if "logps_cache_dir" in config:
+        config["logps_cache_dir"] = str(work / f"{mode}-cache")  # a fresh cache: every run times its own pass
+    if layout == "packed":
+        config.update(PACKED_OPTIONS[stage])
+    if args.device == "cuda":
+        config["flash_attn"] = args.attention
+    if mode.startswith("zero3_"):
+        import yaml
+
+        recipe = yaml.safe_load(ZERO3_RECIPES[mode].read_text(encoding="utf-8"))
+        config.pop("use_cpu", None)  # DeepSpeed's CPU accelerator
+        config.update(
+            deepspeed=str(ROOT / "yaml_recipes" / "deepspeed" / "ds_z3_config.json"),
+            gradient_accumulation_steps=recipe["gradient_accumulation_steps"],
+        )
+    return {key: value for key, value in config.items() if value is not None}
+
+
+def summarise_packing(mode: str, raw: dict[str, Any], warmup: int, examples: int, batch: int) -> dict[str, Any]:
+    r"""Tokens per second of one run: the real tokens of the steps after ``warmup`` over the time from the end of
+    the last warm-up step to the end of the last step (data loading and collation included)."""
+    ends, tokens, positions = raw["step_ends"], raw["step_real_tokens"], raw["step_positions"]
+    if len(tokens) != len(ends):
+        raise SystemExit(f"{mode}: {len(tokens)} counted batches for {len(ends)} steps")
+    skip = min(warmup, len(ends) - 1)
+    seconds = ends[-1] - (ends[skip - 1] if skip else 0.0)
+    return {
+        "mode": mode,
+        "packed": mode.endswith("_packed"),
+        "batch_size": batch,
+        "steps": len(ends),  # = micro-steps: one micro-batch per optimiser step
+        "examples_per_micro_step": examples / len(ends),
+        "tokens_per_micro_step": statistics.mean(tokens),
+        "padding_share": 1 - sum(tokens) / sum(positions),
+        "epoch_tokens": sum(tokens),
+        "tokens_per_second": sum(tokens[skip:]) / seconds,
+        "step_seconds": statistics.median(raw["step_times"][skip:]),
+        "train_seconds": raw["train_seconds"],
+        "run_seconds": raw["run_seconds"],
+        "precompute_seconds": raw["precompute_seconds"],
+        "peak_memory_mb": raw["peak_memory_bytes"] / 2**20,
+    }
+
+
+def run_zero3(
+    mode: str, config: dict[str, Any], workdir: Path, env: dict[str, str], threads: int, examples: int
+) -> dict[str, Any]:
+    r"""One epoch through ``llamafactory-cli train`` with FORCE_TORCHRUN=1 in ``ZERO3_PROCESSES`` processes: its
+    micro-steps per rank (the rows the trainer reports, over the processes and the batch), optimiser steps and the
+    training loop's wall time (``train_runtime``), and the whole command's."""
+    import math
+    import shutil
+    import socket
+
+    import yaml
+
+    recipe = workdir / f"{mode}.yaml"
+    recipe.write_text(yaml.safe_dump(config), encoding="utf-8")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cli = Path(sys.executable).parent / "llamafactory-cli"
+    env = dict(
+        env,
+        FORCE_TORCHRUN="1",
+        NPROC_PER_NODE=str(ZERO3_PROCESSES),
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS=str(max(1, threads // ZERO3_PROCESSES)),
+    )
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [str(cli) if cli.exists() else shutil.which("llamafactory-cli") or "llamafactory-cli", "train", str(recipe)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    run_seconds = time.perf_counter() - started
+    output = proc.stdout + proc.stderr
+    (workdir / f"{mode}.log").write_text(output)
+    if proc.returncode != 0:
+        print(output[-4000:], file=sys.stderr)
+        raise SystemExit(f"mode {mode} failed; log: {workdir / f'{mode}.log'}")
+    rows = re.search(r"Num examples = ([\d,]+)", output)
+    if rows is None:
+        raise SystemExit(f"mode {mode}: the trainer's 'Num examples' line is missing; log: {workdir / f'{mode}.log'}")
+    rows = int(rows.group(1).replace(",", ""))
+    state = json.loads((Path(config["output_dir"]) / "trainer_state.json").read_text())
+    (final,) = [entry for entry in state["log_history"] if "train_runtime" in entry]
+    micro_steps = math.ceil(rows / (ZERO3_PROCESSES * config["per_device_train_batch_size"]))
+    accumulation = config["gradient_accumulation_steps"]
+    if state["global_step"] != math.ceil(micro_steps / accumulation):
+        raise SystemExit(f"mode {mode}: {state['global_step']} optimiser steps for {micro_steps} micro-steps")
+    return {
+        "mode": mode,
+        "packed": mode.endswith("_packed"),
+        "processes": ZERO3_PROCESSES,
+        "rows": rows,
+        "micro_steps": micro_steps,  # per rank
+        "gradient_accumulation_steps": accumulation,
+        "optimiser_steps": state["global_step"],
+        "examples_per_optimiser_step": examples / state["global_step"],
+        "train_seconds": final["train_runtime"],  # one epoch
+        "run_seconds": run_seconds,  # the whole command: start-up, data, precompute pass, training, saving
+    }
+
+
+def run_packing(args: argparse.Namespace, argv: list[str] | None) -> int:
+    r"""The packing preset: every mode of ``--modes`` (default :data:`PACKING_MODES`), its ratios and targets."""
+    modes = [mode for mode in PACKING_MODES if mode in args.modes]
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="wspo-bench-packing-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    assets = workdir / "assets"
+    lengths = long_tailed_lengths(args.examples, args.mean_tokens, args.seq_len, seed=0)
+    stats = length_stats(lengths)
+    print(f"building {args.preset} assets in {assets} ...", flush=True)
+    build_assets(assets, args.preset, args.examples, 0, seed=0, lengths=lengths)
+    policy_params = _count_params(assets / "strong")
+    if args.device == "cuda":
+        import importlib.util
+
+        import torch
+
+        args.attention = "fa2" if importlib.util.find_spec("flash_attn") else "sdpa"
+        if torch.cuda.device_count() < ZERO3_PROCESSES:
+            skipped = [mode for mode in modes if mode.startswith("zero3_")]
+            print(f"skipping {skipped}: {ZERO3_PROCESSES} GPUs needed", flush=True)
+            modes = [mode for mode in modes if mode not in skipped]
+
+    # The batch that fills the same tokens per micro-step as a packed row: the mean examples per packed row, from
+    # the packed run; without one, the row's length over the mean example (estimated).
+    estimate = {"sft": args.seq_len / stats["mean"], "pairs": args.seq_len / stats["pair_mean"]}
+    per_row: dict[str, float] = {}
+    env = worker_env(args.threads)
+    results: dict[str, dict[str, Any]] = {}
+    for repeat, mode in [(repeat, mode) for repeat in range(args.repeats) for mode in modes]:
+        runs = workdir / "runs" / f"repeat-{repeat}"
+        stage, layout = mode.removeprefix("zero3_").rsplit("_", 1)
+        data = "pairs" if stage in ("wpo", "dpo") else "sft"
+        batch = 1 if layout != "unpacked" else max(1, round(per_row.get(data, estimate[data])))
+        config = packing_config(mode, batch, assets, runs, args)
+        print(f"running {mode} at batch {batch} ({repeat + 1}/{args.repeats}) ...", flush=True)
+        if mode.startswith("zero3_"):
+            summary = run_zero3(mode, config, workdir, env, args.threads, args.examples)
+            faster = "train_seconds"
+        else:
+            summary = summarise_packing(mode, run_mode(mode, repeat, config, workdir, args, env), args.warmup,
+                                        args.examples, batch)  # fmt: skip
+            faster = "tokens_per_second"
+            if layout == "packed":
+                per_row.setdefault(data, summary["examples_per_micro_step"])
+        summary["repeats"] = [*results.get(mode, {}).get("repeats", []), summary.copy()]
+        better = mode in results and (summary[faster] < results[mode][faster]) == (faster == "train_seconds")
+        if mode not in results or better:
+            results[mode] = summary  # the fastest repeat
+        else:
+            results[mode]["repeats"] = summary["repeats"]
+
+    rows = ratios(results, PACKING_TARGETS)
+    setup = {
+        "device": args.device,
+        "device_name": _device_name(args.device),
+        "preset": args.preset,
+        "models": PRESETS[args.preset],
+        "policy_parameters": policy_params,
+        "attention": getattr(args, "attention", "sdpa"),  # LLaMA-Factory's default on the CPU: SDPA, 4D masks
+        "cutoff_len": args.seq_len,
+        "examples": args.examples,
+        "lengths": {"distribution": f"log-normal, sigma {LENGTH_SIGMA}, prompt and each response", **stats},
+        "tokens_per_second": "real (non-padding) tokens of the steps after the warm-up over their wall time, data "
+        "loading and collation included",
+        "examples_per_packed_row": per_row,
+        "same_tokens_batch": {data: max(1, round(per_row.get(data, estimate[data]))) for data in ("sft", "pairs")},
+        "same_tokens_batch_source": {data: "measured" if data in per_row else "estimated" for data in estimate},
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "command": " ".join(["python", "scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    header = (
+        f"{setup['device_name']}, packing preset: {args.preset} models ({policy_params / 1e6:.2f}M-parameter policy), "
+        f"cutoff {args.seq_len}, {args.examples} examples of {stats['mean']:.0f} tokens on average (median "
+        f"{stats['median']:.0f}, 99th percentile {stats['p99']}, max {stats['max']}), {args.threads} threads, "
+        f"fastest of {args.repeats} runs per mode"
+    )
+    print_packing_report(results, rows, header, setup["command"])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"setup": setup, "results": results, "ratios": rows}, indent=2))
+    print(f"\nwrote {args.output}")
+    return 1 if args.check and any(row["pass"] is False for row in rows) else 0
+
+
+def print_packing_report(
+    results: dict[str, dict[str, Any]], rows: list[dict[str, Any]], header: str, command: str
+) -> None:
+    print(f"\n{header}\n{command}\n")
+    one = {mode: item for mode, item in results.items() if "processes" not in item}
+    if one:
+        print(
+            f"{'mode':<20}{'batch':>6}{'micro-steps':>12}{'tokens/micro-step':>18}{'padding':>9}{'tokens/s':>10}"
+            f"{'train s':>9}{'precompute s':>14}{'peak MB':>9}"
+        )
+    for mode, item in one.items():
+        print(
+            f"{mode:<20}{item['batch_size']:>6}{item['steps']:>12}{item['tokens_per_micro_step']:>18.0f}"
+            f"{item['padding_share']:>9.1%}{item['tokens_per_second']:>10.0f}{item['train_seconds']:>9.2f}"
+            f"{item['precompute_seconds']:>14.2f}{item['peak_memory_mb']:>9.0f}"
+        )
+    zero3 = {mode: item for mode, item in results.items() if "processes" in item}
+    if zero3:
+        print(
+            f"\n{'ZeRO-3, ' + str(ZERO3_PROCESSES) + ' processes':<20}{'micro-steps/rank':>17}{'accumulation':>13}"
+            f"{'optimiser steps':>16}{'examples/step':>14}{'wall s/epoch':>13}{'command s':>10}"
+        )
+        for mode, item in zero3.items():
+            print(
+                f"{mode:<20}{item['micro_steps']:>17}{item['gradient_accumulation_steps']:>13}"
+                f"{item['optimiser_steps']:>16}{item['examples_per_optimiser_step']:>14.1f}{item['train_seconds']:>13.2f}"
+                f"{item['run_seconds']:>10.1f}"
+            )
+    print()
+    width = max((len(row["ratio"]) for row in rows), default=0) + 2
+    for row in rows:
+        value = "n/a" if row["value"] is None else f"{row['value']:.3f}"
+        verdict = "" if row["target"] is None else f"target {row['target']:<7} {'PASS' if row['pass'] else 'FAIL'}"
+        print(f"{row['ratio']:<{width}}{value:>8}  {verdict}")
+
+
 # ------------------------------------------------------------------------------------------------ driver
 
 
-def ratios(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def ratios(results: dict[str, dict[str, Any]], targets: tuple = TARGETS) -> list[dict[str, Any]]:
     rows = []
-    for name, (num_mode, num_key), (den_mode, den_key), bound in TARGETS:
+    for name, (num_mode, num_key), (den_mode, den_key), bound in targets:
         if num_mode not in results or den_mode not in results:
             continue
         num, den = results[num_mode].get(num_key), results[den_mode].get(den_key)
@@ -456,12 +856,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="CI form: tiny models, 4 steps, short sequences.")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--preset", choices=tuple(PRESETS), default=None, help="Model shapes (default: small).")
-    parser.add_argument("--modes", default=",".join(MODES), help="Comma-separated subset of the modes.")
+    parser.add_argument("--packing", action="store_true", help="The packing preset (see the module's docstring).")
+    parser.add_argument("--modes", default=None, help="Comma-separated subset of the modes (default: all).")
     parser.add_argument("--steps", type=int, default=None, help="Steps per epoch (= examples / batch size).")
     parser.add_argument("--warmup", type=int, default=None, help="Steps left out of the median.")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--seq_len", type=int, default=None, help="cutoff_len; responses fill most of it.")
     parser.add_argument("--repeats", type=int, default=None, help="Runs per mode, interleaved; the fastest counts.")
+    parser.add_argument("--examples", type=int, default=None, help="--packing: examples (pairs) in the epoch.")
+    parser.add_argument("--mean_tokens", type=int, default=None, help="--packing: mean prompt + response tokens.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU; default: all cores).")
     parser.add_argument("--startup_runs", type=int, default=None, help="Interpreters started to time the hook.")
     parser.add_argument("--gradient_checkpointing", action="store_true", help="Gradient checkpointing in every mode.")
@@ -479,6 +882,8 @@ def main(argv: list[str] | None = None) -> int:
     defaults["startup_runs"] = 5 if args.quick else 20
     if args.device == "cuda":
         defaults.update(preset="qwen2-1.5b", batch_size=4, seq_len=1024, steps=20, warmup=5)
+    if args.packing:
+        defaults.update(PACKING_DEFAULTS["quick" if args.quick else args.device], batch_size=1)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -489,10 +894,14 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(*args.worker, device=args.device, threads=args.threads)
         return 0
 
-    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
-    unknown = sorted(set(modes) - set(MODES))
+    known = PACKING_MODES if args.packing else MODES
+    modes = [mode.strip() for mode in (args.modes or ",".join(known)).split(",") if mode.strip()]
+    unknown = sorted(set(modes) - set(known))
     if unknown:
-        parser.error(f"--modes: unknown {unknown}; choose from {', '.join(MODES)}.")
+        parser.error(f"--modes: unknown {unknown}; choose from {', '.join(known)}.")
+    if args.packing:
+        args.modes = modes
+        return run_packing(args, argv)
     if args.warmup >= args.steps:
         parser.error(f"--warmup ({args.warmup}) must be smaller than --steps ({args.steps}).")
 
@@ -508,37 +917,16 @@ def main(argv: list[str] | None = None) -> int:
     build_assets(assets, args.preset, args.steps * args.batch_size, response_words, seed=0)
     policy_params = _count_params(assets / "strong")
 
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("FORCE_TORCHRUN", "NPROC"))}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        WANDB_DISABLED="true",
-        OMP_NUM_THREADS=str(args.threads),
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONWARNINGS="ignore",
-    )
-    env.pop("LLAMAFACTORY_WSPO_DISABLE", None)
+    env = worker_env(args.threads)
     results: dict[str, dict[str, Any]] = {}
     for repeat, mode in [(repeat, mode) for repeat in range(args.repeats) for mode in modes]:
         # a fresh cache folder per run: a repeat must compute the pass again, not reuse the first run's cache
         runs = workdir / "runs" / f"repeat-{repeat}"
         config = {k: v for k, v in mode_config(mode, assets, runs, args).items() if v is not None}
-        config_path = workdir / f"{mode}.config.json"
-        result_path = workdir / f"{mode}.result-{repeat}.json"
-        config_path.write_text(json.dumps(config, indent=2))
         print(f"running {mode} ({repeat + 1}/{args.repeats}) ...", flush=True)
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", str(config_path), str(result_path), "--device", args.device,
-             "--threads", str(args.threads)],
-            env=env, capture_output=True, text=True,
-        )  # fmt: skip
-        (workdir / f"{mode}.log").write_text(proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            print(proc.stderr[-4000:], file=sys.stderr)
-            raise SystemExit(f"mode {mode} failed; log: {workdir / f'{mode}.log'}")
+        raw = run_mode(mode, repeat, config, workdir, args, env)
         peak = args.peak_tflops if args.device == "cuda" else None
-        summary = summarise(mode, json.loads(result_path.read_text()), args.warmup, policy_params, peak)
+        summary = summarise(mode, raw, args.warmup, policy_params, peak)
         summary["repeats"] = [*results.get(mode, {}).get("repeats", []), summary.copy()]
         if mode not in results or summary["step_seconds"] < results[mode]["step_seconds"]:
             results[mode] = summary  # the fastest repeat: timing noise on a shared machine only adds time
@@ -579,6 +967,41 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.output}")
     return 1 if args.check and any(row["pass"] is False for row in rows) else 0
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    r"""The environment of every run: offline, plugin enabled, ``threads`` threads, no torchrun."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("FORCE_TORCHRUN", "NPROC"))}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        WANDB_DISABLED="true",
+        OMP_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONWARNINGS="ignore",
+    )
+    env.pop("LLAMAFACTORY_WSPO_DISABLE", None)
+    return env
+
+
+def run_mode(
+    mode: str, repeat: int, config: dict[str, Any], workdir: Path, args: argparse.Namespace, env: dict[str, str]
+) -> dict[str, Any]:
+    r"""Train ``config`` in a fresh worker process (``run_exp``) and return its raw measurements."""
+    config_path = workdir / f"{mode}.config.json"
+    result_path = workdir / f"{mode}.result-{repeat}.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", str(config_path), str(result_path), "--device", args.device,
+         "--threads", str(args.threads)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    (workdir / f"{mode}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        print(proc.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(f"mode {mode} failed; log: {workdir / f'{mode}.log'}")
+    return json.loads(result_path.read_text())
 
 
 def output_layer_share(model_dir: Path) -> float:

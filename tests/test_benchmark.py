@@ -1,12 +1,15 @@
 """scripts/benchmark.py in its short form: every mode runs and is measured, and so is the start-up hook (no
-thresholds: timing is not a test)."""
+thresholds: timing is not a test); the packing preset's data."""
 
 import json
+import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers.scripts import script_module
 from helpers.train import ROOT, base_env
 
 
@@ -44,3 +47,31 @@ def test_benchmark_quick(tmp_path: Path) -> None:
     assert 0 < startup["hook_import_ms"] < startup["interpreter_ms"]
     assert startup["interpreter_disabled_ms"] > 0
     assert "start-up hook: " in proc.stdout and "LLAMAFACTORY_WSPO_DISABLE=1" in proc.stdout
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_packing_preset_lengths_are_long_tailed_with_the_stated_mean(device: str) -> None:
+    r"""The packing preset's data: prompt + response lengths average the preset's mean (500 tokens at cutoff 2048,
+    scaled to 512 on the CPU), with UltraFeedback's long tail, every pair within cutoff_len; the shape checked on
+    the logarithms of the drawn lengths, independently of how they are drawn."""
+    benchmark = script_module("benchmark")
+    preset = benchmark.PACKING_DEFAULTS[device]
+    cutoff, mean = preset["seq_len"], preset["mean_tokens"]
+    assert mean / cutoff == pytest.approx(500 / 2048, rel=0.01)
+
+    lengths = benchmark.long_tailed_lengths(4000, mean, cutoff, seed=0)
+    assert lengths == benchmark.long_tailed_lengths(4000, mean, cutoff, seed=0)
+    assert lengths != benchmark.long_tailed_lengths(4000, mean, cutoff, seed=1)
+    overhead = benchmark.QWEN_TURN_TOKENS
+    totals = sorted(overhead + prompt + chosen for prompt, chosen, _ in lengths)
+    assert statistics.mean(totals) == pytest.approx(mean, rel=0.03)
+    assert max(overhead + prompt + max(chosen, rejected) for prompt, chosen, rejected in lengths) <= cutoff
+    # long-tailed: the median well below the mean, the 99th percentile several times the median
+    median, p99 = statistics.median(totals), totals[int(0.99 * len(totals))]
+    assert median < 0.85 * mean and p99 > 3.5 * median
+    # each part log-normal with the stated shape: the logarithms' spread is sigma (clipping and rounding aside)
+    for part in zip(*lengths):
+        logs = [math.log(count) for count in part]
+        assert statistics.stdev(logs) == pytest.approx(benchmark.LENGTH_SIGMA, abs=0.06)
+    stats = benchmark.length_stats(lengths)
+    assert stats["mean"] == statistics.mean(totals) and stats["median"] == median and stats["max"] == totals[-1]

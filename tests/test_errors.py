@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers.cli import one_line_error
-from helpers.train import run_train, wspo_config
+from helpers.train import grpo_config, run_train, wpo_config, wspo_config
 
 from llamafactory_wspo.cli import main as cli_main
 from llamafactory_wspo.hparams import PluginInputError
@@ -133,6 +133,26 @@ def test_offline_hub_model_in_a_plugin_stage(assets, tmp_path, run_in_process) -
     assert message.startswith("`weak_base_model: someone/not-cached-model` is not in the local hub cache, and ")
     assert "HF_HUB_OFFLINE=1" in message and "huggingface-cli download someone/not-cached-model" in message
     assert run.loaded_models == []
+
+
+@pytest.mark.parametrize("stage", ["wspo", "wpo", "grpo"])
+def test_offline_hub_data_set_in_a_plugin_stage(assets, tmp_path, run_in_process, stage) -> None:
+    r"""A hub data set that the cache lacks, offline: one error naming it (was ``datasets``' long traceback)."""
+    import json
+    import shutil
+
+    data = shutil.copytree(assets / "data", tmp_path / "data")
+    info = json.loads((data / "dataset_info.json").read_text())
+    like = "tiny_pairs" if stage == "wpo" else "tiny_sft"
+    info["hub_only"] = {**info[like], "hf_hub_url": "someone/not-cached-data"}
+    info["hub_only"].pop("file_name")
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    make = {"wspo": wspo_config, "wpo": wpo_config, "grpo": grpo_config}[stage]
+    run = run_in_process(make(assets, tmp_path, dataset="hub_only", dataset_dir=str(data)))
+    assert isinstance(run.error, PluginInputError), run.error_text()
+    message = str(run.error)
+    assert message.startswith("`dataset` someone/not-cached-data: not in the local hub cache, and HF_HUB_OFFLINE=1")
+    assert "--repo-type dataset" in message
 
 
 def test_offline_hub_model_in_a_command(tmp_path, capsys) -> None:

@@ -22,7 +22,7 @@ import yaml
 from helpers.train import BIN, ROOT, base_env, free_port
 
 from llamafactory_wspo.webui.common import ELEM_ID_PREFIX, FIELDS, UI_STAGES
-from llamafactory_wspo.webui.locales import ERR_NO_WEAK_MODEL, LOCALES, TAB_LABELS, WSPO_PREF_BETA
+from llamafactory_wspo.webui.locales import ERR_GRPO_PACKING, ERR_NO_WEAK_MODEL, LOCALES, TAB_LABELS, WSPO_PREF_BETA
 
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -40,7 +40,7 @@ def test_labels_in_every_language_of_llamaboard():
 
     languages = set(HOST_LOCALES["training_stage"])
     assert languages == {"en", "ru", "zh", "ko", "ja"}
-    tables = [*LOCALES.values(), *TAB_LABELS.values(), WSPO_PREF_BETA, ERR_NO_WEAK_MODEL]
+    tables = [*LOCALES.values(), *TAB_LABELS.values(), WSPO_PREF_BETA, ERR_NO_WEAK_MODEL, ERR_GRPO_PACKING]
     for table in tables:
         assert set(table) == languages
 
@@ -528,3 +528,73 @@ def test_stock_stage_shows_none_of_the_plugin(board_page, board, assets):
     expect(ui.output_box()).to_contain_text("Arguments have been saved")
     saved = yaml.safe_load((workdir / "llamaboard_config" / "sft_board.yaml").read_text())
     assert not any(key.split(".", 1)[1] in FIELDS for key in saved)  # loadable by stock LLaMA-Board
+
+
+@pytest.mark.slow
+def test_packing_boxes_in_llamaboard(board_page, board, assets):
+    r"""WSPO and WPO pass LLaMA-Board's packing boxes on, and a WSPO run trains on packed rows; selecting GRPO unticks
+    "Use neat packing" (LLaMA-Factory refuses it there) and GRPO with a box ticked is refused with its message."""
+    from llamafactory.webui.locales import LOCALES as HOST_LOCALES
+    from playwright.sync_api import expect
+
+    ui = board_page
+    _, workdir = board
+    pack, neat = (HOST_LOCALES[key]["en"]["label"] for key in ("packing", "neat_packing"))
+    ui.base_settings(assets)  # "Extra configurations", which holds both boxes, is open
+
+    def preview(*flags: str) -> str:
+        ui.button("Preview command").click()
+        for flag in flags:  # the command of this click, not the one before
+            expect(ui.output_box()).to_contain_text(flag, timeout=UI_TIMEOUT)
+        return ui.output_box().inner_text()
+
+    # WSPO, SFT-format data, "Use neat packing" ticked: packing and neat_packing, as the SFT stage gets them.
+    ui.pick("Stage", "WSPO")
+    ui.choose_dataset(assets / "data", "tiny_sft")
+    ui.fill(ui.plugin("weak_base_model").locator("textarea"), str(assets / "weak"))
+    ui.fill(ui.plugin("weak_aligned_model").locator("textarea"), str(assets / "weak_aligned"))
+    expect(ui.field(pack)).not_to_be_checked()
+    ui.field(neat).check()
+    ui.output_dir("wspo_packed_run")
+    command = preview("--stage wspo", "--neat_packing True")
+    assert "--packing True" in command and "--dataset tiny_sft" in command
+
+    ui.fill(ui.field("Config path"), "wspo_packed.yaml")
+    ui.page.keyboard.press("Escape")
+    ui.button("Save arguments").click()
+    expect(ui.output_box()).to_contain_text("Arguments have been saved")
+    saved = yaml.safe_load((workdir / "llamaboard_config" / "wspo_packed.yaml").read_text())
+    assert saved["train.training_stage"] == "WSPO" and saved["train.neat_packing"] is True
+
+    text, _ = ui.start_and_wait()
+    assert text.startswith("Finished."), text[-3000:]
+    run_dir = _run_dir(workdir, "wspo_packed_run")
+    _assert_trained(run_dir, "wspo", packing=True, neat_packing=True)
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    per_row = [entry["wspo/examples_per_row"] for entry in history if "wspo/examples_per_row" in entry]
+    assert per_row and min(per_row) > 1  # packed: several examples in a row
+
+    # WPO keeps the boxes as they are (LLaMA-Board unticks only "Pack sequences" on a stage change).
+    ui.pick("Stage", "WPO")
+    expect(ui.field(neat)).to_be_checked()
+    ui.choose_dataset(assets / "data", "tiny_pairs")
+    command = preview("--stage wpo", "--neat_packing True")
+    assert "--packing True" in command
+    ui.field(neat).uncheck()
+    ui.field(pack).check()
+    ui.button("Preview command").click()
+    expect(ui.output_box()).not_to_contain_text("--neat_packing", timeout=UI_TIMEOUT)
+    command = ui.output_box().inner_text()
+    assert "--stage wpo" in command and "--packing True" in command
+
+    # GRPO: selecting it unticks both boxes; ticking one again is refused before anything runs.
+    ui.field(neat).check()
+    ui.pick("Stage", "GRPO")
+    expect(ui.field(neat)).not_to_be_checked()
+    expect(ui.field(pack)).not_to_be_checked()
+    ui.choose_dataset(assets / "data", "tiny_sft")
+    ui.field(neat).check()
+    ui.button("Preview command").click()
+    expect(ui.output_box()).to_have_text(ERR_GRPO_PACKING["en"].format(packing=pack, neat_packing=neat))
+    ui.field(neat).uncheck()
+    assert "--stage grpo" in ui.preview()

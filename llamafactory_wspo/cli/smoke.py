@@ -505,24 +505,32 @@ def preflight(model_args, data_args, training_args, finetuning_args) -> None:
     if stage not in ("wspo", "wpo", "grpo"):
         return
 
-    from ..train.trainer_utils import check_model_paths
+    from ..host.packing import restore_neat_packing
+    from ..train.trainer_utils import check_model_paths, check_packing
 
+    restore_neat_packing(model_args, data_args)  # `neat_packing` as the recipe sets it (the parser hid it)
     if stage == "wspo":
         from ..data import check_wspo_data
         from ..train.wspo.workflow import WSPO_MODEL_KEYS
 
         check_model_paths(model_args, finetuning_args, WSPO_MODEL_KEYS)
         check_wspo_data(data_args, finetuning_args)
+        if data_args.packing:
+            check_packing(model_args, data_args, training_args, finetuning_args)
     elif stage == "wpo":
         from ..train.wpo.workflow import check_wpo_data
 
         check_model_paths(model_args, finetuning_args)
         check_wpo_data(data_args, finetuning_args.pref_loss == "kto")
+        if data_args.packing:
+            check_packing(model_args, data_args, training_args, finetuning_args)
     else:
+        from ..data import check_grpo_data
         from ..host.compat import fix_trl_availability_flags
         from ..train.grpo.reward_funcs import resolve_reward_funcs
 
         check_model_paths(model_args, finetuning_args, ())
+        check_grpo_data(data_args)
         resolve_reward_funcs(finetuning_args)
         fix_trl_availability_flags()  # before TRL's GRPO module is imported, as the stage dispatch does
         from ..train.grpo.trainer import build_grpo_config

@@ -46,10 +46,18 @@ def check_wspo_data(data_args: "DataArguments", finetuning_args: "WSPOArguments"
 
 
 def check_wpo_data(data_args: "DataArguments", kto: bool) -> None:
-    r"""WPO re-weights preference pairs (``"ranking": true``); its KTO form takes KTO data (a ``kto_tag`` column)."""
+    r"""WPO re-weights preference pairs (``"ranking": true``); its KTO form takes KTO data (a ``kto_tag`` column),
+    unpacked."""
     names = (data_args.dataset or []) + (data_args.eval_dataset or [])
     attrs = get_dataset_list(names, data_args.dataset_dir)
     if kto:
+        if data_args.packing:
+            raise PluginInputError(
+                "`packing` does not apply to `pref_loss: kto`: the KTO form scores each output and its KL row "
+                "unpacked. Set `packing: false` (and `neat_packing: false`), or use a per-pair `pref_loss` "
+                "with pairwise data."
+            )
+
         untagged = [name for name, attr in zip(names, attrs) if attr.ranking or not attr.kto_tag]
         if untagged:
             raise PluginInputError(
@@ -65,4 +73,14 @@ def check_wpo_data(data_args: "DataArguments", kto: bool) -> None:
             '`stage: wpo` needs pairwise data sets (`"ranking": true` in dataset_info.json), but '
             f"{', '.join(unpaired)} has no pairs: use a preference data set such as ultrafeedback_binarized, "
             "or `pref_loss: kto` with KTO-format data."
+        )
+
+
+def check_grpo_data(data_args: "DataArguments") -> None:
+    r"""GRPO samples its completions from prompts: packed rows have no meaning there (LLaMA-Factory refuses
+    ``neat_packing`` for it already; plain ``packing`` would be ignored without a word)."""
+    if data_args.packing:
+        raise PluginInputError(
+            "`packing` does not apply to `stage: grpo`: it generates completions from each prompt. Remove `packing` "
+            "(or set it to false)."
         )

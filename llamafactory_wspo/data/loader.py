@@ -8,9 +8,11 @@ from llamafactory.data import get_dataset
 from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras.constants import IGNORE_INDEX
 
+from ..hub import offline_data_sets
 from ..logging import get_logger
 from ..logps.store import KL_PREFIX
 from ..projection import WEAK_INPUT_IDS
+from .packed import pack_rows
 from .splits import dataset_splits, map_splits
 from .weak_side import report_weak_side, weak_side_in_dataset_pass
 
@@ -147,7 +149,7 @@ def get_wspo_dataset(
         if column
     }
     try:
-        with weak_side_in_dataset_pass(weak_side, data_args) if weak_side else nullcontext():
+        with offline_data_sets(), weak_side_in_dataset_pass(weak_side, data_args) if weak_side else nullcontext():
             dataset_module = get_dataset(
                 template, model_args, data_args, training_args, stage="rm" if pairwise else "sft", **tokenizer_module
             )
@@ -170,7 +172,17 @@ def get_wspo_dataset(
     if weak_side is not None:
         dataset_module = report_weak_side(dataset_module, data_args.cutoff_len)
 
-    return drop_unscored(dataset_module, ("labels",), data_args.cutoff_len)
+    dataset_module = drop_unscored(dataset_module, ("labels",), data_args.cutoff_len)
+    if pairwise and data_args.packing:  # the host packs SFT-format data itself, but not a pairwise set's responses
+        pad_token_id = tokenizer_module["tokenizer"].pad_token_id
+        dataset_module = map_splits(
+            lambda split: pack_rows(
+                split, data_args.cutoff_len, data_args.neat_packing, pad_token_id, data_args.preprocessing_batch_size
+            ),
+            dataset_module,
+        )
+
+    return dataset_module
 
 
 def _no_response_message(names: str) -> str:

@@ -146,6 +146,8 @@ STAGE_APIS: dict[str, dict[str, tuple[str, ...] | None]] = {
         "PairwiseDatasetProcessor": None,
         "SupervisedDatasetProcessor": None,
     },
+    # the host's greedy packing, for the rows it cannot pack itself (data/packed.py, data/packed_pairs.py)
+    "llamafactory.data.processor.processor_utils": {"greedy_knapsack": ("numbers", "capacity")},
     "llamafactory.data.template": {"TEMPLATES": None},
     "llamafactory.extras.constants": {"IGNORE_INDEX": None},
     "llamafactory.extras.logging": {"get_logger": ("name",)},

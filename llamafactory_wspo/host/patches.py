@@ -26,6 +26,7 @@ from typing import Any, Literal
 from ..hparams import PLUGIN_STAGES, WPO_PREF_LOSSES, PluginArguments, PluginInputError, check_stage
 from .checks import HostMismatch, check_parser, check_tuner, literal_choices
 from .gate import LLAMABOARD, TRAINING, Area, requested_stage
+from .packing import hide_neat_packing
 
 
 _PATCHED_MARK = "_llamafactory_wspo_patched"
@@ -180,7 +181,7 @@ def _guard_parser(parser) -> None:
         if stage in PLUGIN_STAGES:
             TRAINING.require(stage, on_import)
 
-        return original(args)
+        return hide_neat_packing(stage, original(args))
 
     parser._parse_train_args = _parse_train_args
 

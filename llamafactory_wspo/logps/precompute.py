@@ -69,7 +69,12 @@ class ExampleIndex:
 
     def __init__(self, datasets: Sequence[Any], read_batch_size: int = 1024) -> None:
         weak = [name for name in WEAK_COLUMNS if datasets and all(name in d.column_names for d in datasets)]
-        self.datasets = [dataset.select_columns(["input_ids", "labels", *weak]) for dataset in datasets]
+        # Packed rows (LLaMA-Factory's packed SFT rows, or packed pairs) are scored as training sees them: each
+        # example attends to its own tokens only (the segment numbers of ``attention_mask`` with ``neat_packing``),
+        # with its positions restarting at 0 (``position_ids``).
+        self.packed = bool(datasets) and all("position_ids" in d.column_names for d in datasets)
+        packed = ["attention_mask", "position_ids"] if self.packed else []
+        self.datasets = [dataset.select_columns(["input_ids", "labels", *packed, *weak]) for dataset in datasets]
         self.locations: dict[int, tuple[int, int, int]] = {}  # uid -> (data set, row, length)
         self.num_tokens = 0  # response tokens of the unique examples: the stored values
         for which, dataset in enumerate(self.datasets):
@@ -93,7 +98,15 @@ class ExampleIndex:
         which, row, _ = self.locations[uid]
         example = self.datasets[which][row]
         input_ids = example[f"{prefix}input_ids"]
-        return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": example[f"{prefix}labels"]}
+        feature = {
+            "input_ids": input_ids,
+            "attention_mask": [1] * len(input_ids),
+            "labels": example[f"{prefix}labels"],
+        }
+        if self.packed:  # never with a prefix: cross-tokenizer WSPO refuses packing
+            feature.update(attention_mask=example["attention_mask"], position_ids=example["position_ids"])
+
+        return feature
 
     def row_columns(self, uid: int) -> dict[str, torch.Tensor]:
         r"""What ``combine`` needs of a row besides the log-probs: its ``weak_projection``, if it has one."""
@@ -142,13 +155,16 @@ def _score(
     example, whose values are not kept), and the pass's timing (the whole pass; the forward calls with their
     scoring alone, without collating and copying)."""
     device = next(model.parameters()).device
+    if getattr(collate, "block_diag_attn", False):  # packed rows: the 4D mask in this model's dtype
+        collate.compute_dtype = next(model.parameters()).dtype
     order = sorted(uids, key=examples.length, reverse=True)  # neighbours of similar length: little padding
     out: dict[int, torch.Tensor] = {}
     stats = {"seconds": 0.0, "forward_seconds": 0.0, "tokens": 0, "batches": 0}
     started = time.perf_counter()
     for start in tqdm(range(0, num_batches * batch_size, batch_size), desc=desc, disable=not show_progress):
         chunk = order[start : start + batch_size]
-        batch = collate([examples.feature(uid) for uid in chunk or examples.uids[:1]])
+        features = [examples.feature(uid) for uid in chunk or examples.uids[:1]]
+        batch = collate(features)
         batch = {key: value.to(device) for key, value in batch.items() if torch.is_tensor(value)}
         forward_started = time.perf_counter()
         logps, _, mask, _ = score_tokens(model, batch, response_only=response_only)
@@ -161,9 +177,7 @@ def _score(
 
         for row, uid in enumerate(chunk):
             out[uid] = logps[row][mask[row]]
-        stats["tokens"] += (
-            int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-        )
+        stats["tokens"] += sum(sum(1 for value in feature["attention_mask"] if value) for feature in features)
         stats["batches"] += 1
 
     stats["seconds"] = time.perf_counter() - started

@@ -5,6 +5,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
 from llamafactory.extras.misc import calculate_tps
 from llamafactory.extras.ploting import plot_loss
 from llamafactory.train.trainer_utils import create_modelcard_and_push
@@ -14,10 +15,9 @@ from ..logps.precompute import precompute_logps
 
 
 if TYPE_CHECKING:
-    import torch
     from accelerate import Accelerator
     from datasets import Dataset
-    from llamafactory.hparams import ModelArguments
+    from llamafactory.hparams import DataArguments, ModelArguments
     from transformers import Seq2SeqTrainingArguments
 
     from ..frozen import FrozenModels
@@ -105,6 +105,12 @@ def precompute_frozen_logps(
     ``combine`` turns the frozen models' per-token log-probs of a row into the stored columns.
     """
     splits = dataset_splits(dataset_module)
+    batch_size = finetuning_args.precompute_batch_size or training_args.per_device_eval_batch_size
+    if (
+        getattr(collate, "neat_packing", False)
+        and getattr(collate, "attn_implementation", None) == "flash_attention_2"
+    ):
+        batch_size = 1  # LLaMA-Factory's collator folds a packed row into flash-attention's varlen call one at a time
     return precompute_logps(
         datasets=[rows(split) for split in splits] if rows else splits,
         models=list(models),
@@ -112,7 +118,7 @@ def precompute_frozen_logps(
         collate=collate,
         cache_dir=finetuning_args.get_logps_cache_dir(),
         extra=extra,
-        batch_size=finetuning_args.precompute_batch_size or training_args.per_device_eval_batch_size,
+        batch_size=batch_size,
         show_progress=training_args.should_log,
         response_only=finetuning_args.response_only_logits,
     )
@@ -196,3 +202,89 @@ def train_and_evaluate(
         trainer.save_metrics("eval", metrics)
 
     create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)
+
+
+def packing_collator_args(model_args: "ModelArguments", data_args: "DataArguments") -> dict[str, Any]:
+    r"""What LLaMA-Factory's ``SFTDataCollatorWith4DAttentionMask`` needs for packed rows, as its SFT workflow passes
+    it: the block-diagonal mask with ``neat_packing``, and the attention implementation, taken here from
+    ``flash_attn`` because the precompute pass collates before any model loads (flash-attention reads the example
+    boundaries from ``position_ids``; eager and SDPA get the host's 4D mask)."""
+    if not data_args.packing:
+        return {}
+
+    fa2 = str(model_args.flash_attn) in ("fa2", "AttentionFunction.FA2")
+    return {
+        # Packed rows are all `cutoff_len + 1` long already; padding them further would leave `position_ids`, which
+        # the host's collator does not pad, one length and the other columns another.
+        "pad_to_multiple_of": None,
+        # The 4D mask's dtype: the models' compute dtype, known once they load (the pass sets it per model).
+        "compute_dtype": model_args.compute_dtype or torch.float32,
+        "block_diag_attn": model_args.block_diag_attn,
+        "neat_packing": data_args.neat_packing,
+        "attn_implementation": "flash_attention_2" if fa2 else "sdpa",
+    }
+
+
+def training_attn_implementation(model: "torch.nn.Module", collator_args: dict[str, Any], precomputed: bool) -> str:
+    r"""The attention implementation of the training collator: the loaded policy's, as LLaMA-Factory's SFT workflow
+    takes it. With packed rows whose frozen log-probs were precomputed, the pass must have laid the rows out for the
+    same one (flash-attention or a 4D mask), or the stored values would not be the ones training sees."""
+    chosen = collator_args["attn_implementation"]
+    loaded = getattr(model.config, "_attn_implementation", None)
+    if precomputed and (loaded == "flash_attention_2") != (chosen == "flash_attention_2"):
+        from ..hparams import PluginInputError
+
+        raise PluginInputError(
+            f"The policy loaded with attention `{loaded}`, but the precompute pass laid the packed rows out for "
+            f"`{chosen}`: set `flash_attn` explicitly (fa2, or sdpa) so that both use the same."
+        )
+
+    return loaded
+
+
+def packing_cache_key(data_args: "DataArguments") -> dict[str, Any]:
+    r"""The packing options in the cache key: only when packing is on, so an unpacked cache keeps the key it had
+    before packing existed (the packed rows themselves are in the key through their uids)."""
+    if not data_args.packing:
+        return {}
+
+    return {"packing": True, "neat_packing": bool(data_args.neat_packing)}
+
+
+def check_packing(
+    model_args: "ModelArguments",
+    data_args: "DataArguments",
+    training_args: "Seq2SeqTrainingArguments",
+    finetuning_args: "PluginArguments",
+) -> None:
+    r"""Before any load, for a packing stage (WSPO, WPO) with ``packing`` on: packing reads the whole data set (not
+    streamed), and flash-attention's varlen path takes one packed row per forward, as LLaMA-Factory's neat packing
+    does (WPO's packed pairs are always neat: each sequence attends only to itself)."""
+    from ..hparams import PluginInputError
+
+    stage = finetuning_args.stage
+    if data_args.streaming:
+        raise PluginInputError(
+            f"`packing` for `stage: {stage}` packs the whole data set, which `streaming: true` never holds: set "
+            "`streaming: false`, or `packing: false`."
+        )
+
+    neat = data_args.neat_packing or stage == "wpo"
+    if not neat or packing_collator_args(model_args, data_args)["attn_implementation"] != "flash_attention_2":
+        return
+
+    sizes = {"per_device_train_batch_size": training_args.per_device_train_batch_size}
+    if training_args.do_eval:
+        sizes["per_device_eval_batch_size"] = training_args.per_device_eval_batch_size
+    if finetuning_args.precompute_logps and (stage == "wspo" or finetuning_args.use_ref_model):
+        sizes["precompute_batch_size"] = (
+            finetuning_args.precompute_batch_size or training_args.per_device_eval_batch_size
+        )
+
+    over = [f"`{name}: {size}`" for name, size in sizes.items() if size != 1]
+    if over:
+        examples = "pairs" if stage == "wpo" else "examples"
+        raise PluginInputError(
+            f"`packing` with `flash_attn: fa2` takes one packed row per batch, but {', '.join(over)}: set them to 1 "
+            f"(a packed row already holds several {examples}; raise `cutoff_len` for more per row)."
+        )

@@ -10,9 +10,11 @@ whose ``check`` names every point of the host module that its ``patch`` relies o
 * ``webui.components.train`` (:mod:`.components.train`): the Train tab gets one more accordion (after "RLHF
   configurations") with the settings of the selected plugin stage, hidden for every other stage; its elements are
   registered like the stock ones (``train.weak_base_model``, ...), so "Save/Load arguments" and a resumed run keep
-  them, and their labels come from :mod:`.locales` in every language LLaMA-Board offers;
+  them, and their labels come from :mod:`.locales` in every language LLaMA-Board offers; selecting GRPO unticks
+  "Use neat packing" (LLaMA-Factory refuses it there);
 * ``webui.runner`` (:mod:`.runner`): the generated arguments (preview, ``training_args.yaml`` of "Start") get the
-  stage's fields, and a WSPO run without weak models is refused with a message;
+  stage's fields, and a WSPO run without weak models, or GRPO with a packing box ticked, is refused with a message.
+  WSPO and WPO take LLaMA-Board's packing boxes as every stage does (``packing``, ``neat_packing``);
 * ``webui.engine`` (:mod:`.engine`): checked only (the language switch and the element manager).
 
 The stages join the "Stage" list only once all four modules are checked and every check holds (the

@@ -222,3 +222,14 @@ ERR_NO_WEAK_MODEL = {
     "ko": "약한 기본 모델과 정렬된 약한 모델을 입력해 주세요.",
     "ja": "弱いベースモデルとアライメント済みの弱いモデルを指定してください。",
 }
+
+# The message of "Preview command" and "Start" for GRPO with a packing box ticked: GRPO samples its outputs, it
+# packs nothing, and LLaMA-Factory refuses `neat_packing` for it. {packing} and {neat_packing} are LLaMA-Board's
+# own labels of the two boxes in the same language.
+ERR_GRPO_PACKING = {
+    "en": "GRPO does not pack sequences: untick “{packing}” and “{neat_packing}”.",
+    "ru": "GRPO не упаковывает последовательности: снимите флажки «{packing}» и «{neat_packing}».",
+    "zh": "GRPO 不支持序列打包：请取消勾选“{packing}”和“{neat_packing}”。",
+    "ko": "GRPO는 시퀀스를 패킹하지 않습니다: “{packing}” 및 “{neat_packing}”의 선택을 해제하세요.",
+    "ja": "GRPO はシーケンスをパッキングしません：「{packing}」と「{neat_packing}」のチェックを外してください。",
+}

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..host.checks import HostMismatch, host_attr, host_module
 from .common import FIELDS, STAGE_FIELDS, STAGE_HOST_KEYS, get_stage, localize
-from .locales import ERR_NO_WEAK_MODEL
+from .locales import ERR_GRPO_PACKING, ERR_NO_WEAK_MODEL
 
 
 def check(runner) -> None:
@@ -16,13 +16,17 @@ def check(runner) -> None:
     host_attr(runner, "Runner._build_config_dict", ("self", "data"))
     common = host_module("llamafactory.webui.common")
     host_attr(common, "_clean_cmd", ("args",))
+    labels = host_attr(host_module("llamafactory.webui.locales"), "LOCALES")  # named in the GRPO packing message
+    if not isinstance(labels, dict) or not {"packing", "neat_packing"} <= set(labels):
+        raise HostMismatch("llamafactory.webui.locales.LOCALES has no entries packing and neat_packing")
     for name in ("gen_cmd", "save_cmd"):
         if "_clean_cmd" not in host_attr(common, name).__code__.co_names:
             raise HostMismatch(f"llamafactory.webui.common.{name} no longer calls _clean_cmd")
 
 
 def patch(runner) -> None:
-    r"""A plugin stage gets its fields; a WSPO run without weak models is refused; stock stages are unchanged."""
+    r"""A plugin stage gets its fields; a WSPO run without weak models, and GRPO with a packing box ticked, are
+    refused; stock stages are unchanged."""
     from llamafactory.webui import common
 
     cls = runner.Runner
@@ -44,14 +48,25 @@ def _wrap_initialize(original):
             return error
 
         get = _getter(self, data)
-        if get_stage(get("train.training_stage")) == "wspo" and not (
-            get("train.weak_base_model") and get("train.weak_aligned_model")
-        ):
-            return localize(ERR_NO_WEAK_MODEL, get("top.lang"))
+        stage, lang = get_stage(get("train.training_stage")), get("top.lang")
+        if stage == "wspo" and not (get("train.weak_base_model") and get("train.weak_aligned_model")):
+            return localize(ERR_NO_WEAK_MODEL, lang)
+
+        if stage == "grpo" and (get("train.packing") or get("train.neat_packing")):
+            return _grpo_packing_message(lang)
 
         return error
 
     return _initialize
+
+
+def _grpo_packing_message(lang: str | None) -> str:
+    r"""GRPO samples its outputs and packs nothing (LLaMA-Factory refuses its ``neat_packing``): untick both boxes,
+    named by LLaMA-Board's own labels. WSPO and WPO take them as they are (``packing``, ``neat_packing``)."""
+    from llamafactory.webui.locales import LOCALES as HOST_LOCALES
+
+    labels = {key: localize(HOST_LOCALES[key], lang)["label"] for key in ("packing", "neat_packing")}
+    return localize(ERR_GRPO_PACKING, lang).format(**labels)
 
 
 def _wrap_parse_train_args(original):

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
 from llamafactory.model import load_model, load_tokenizer
 
-from ...data import map_splits
+from ...data import check_grpo_data, map_splits
 from ...host.compat import ensure_warnings_issued
+from ...hub import offline_data_sets
 from ...logging import get_logger
 from ..trainer_utils import check_model_paths, train_and_evaluate
 from .reward_funcs import resolve_reward_funcs
@@ -53,6 +54,7 @@ def run_grpo(
     callbacks: list["TrainerCallback"] | None = None,
 ):
     check_model_paths(model_args, finetuning_args, ())
+    check_grpo_data(data_args)
     reward_funcs = resolve_reward_funcs(finetuning_args)
     from .trainer import CustomGRPOTrainer, build_grpo_config  # imports TRL's GRPO, after the cheap checks
 
@@ -60,7 +62,8 @@ def run_grpo(
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    dataset_module = get_dataset(template, model_args, data_args, training_args, stage="ppo", **tokenizer_module)
+    with offline_data_sets():
+        dataset_module = get_dataset(template, model_args, data_args, training_args, stage="ppo", **tokenizer_module)
     dataset_module = map_splits(lambda split: to_prompt_dataset(split, tokenizer), dataset_module)
 
     logger.info_rank0(

@@ -1,5 +1,7 @@
 """``CustomWPOTrainer``: LLaMA-Factory's DPO trainer with WPO's pair weights."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
@@ -9,10 +11,12 @@ from typing_extensions import override
 
 from ...logps.store import REF_LOGPS
 from ...losses import response_mask, wpo_pair_weight, wpo_sequence_weight
+from ...packing import example_index, per_example_count, per_example_mean, per_example_sum, segment_ids
 from ...scoring import score_tokens
 from ..callbacks import WPOWeightsCallback
 from ..guards import FiniteLossMixin
 from ..metrics import PreferenceMetricsMixin
+from ..packed_step import PackedStepMixin
 from ..trainer_utils import prepare_frozen_model
 
 
@@ -23,16 +27,28 @@ if TYPE_CHECKING:
 _AVERAGED_LOSSES = ("ipo", "orpo", "simpo")  # as in the DPO stage: average, not summed, log-probs
 
 
-class CustomWPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomDPOTrainer):
+class CustomWPOTrainer(PackedStepMixin, FiniteLossMixin, PreferenceMetricsMixin, CustomDPOTrainer):
     r"""Every ``pref_loss`` of the DPO stage, each pair's term multiplied by its WPO weight.
 
     The weight comes from the policy's own logits in the forward pass that the loss needs anyway, without
     gradient. With precomputed reference log-probs (``REF_LOGPS`` in the batch) no reference model runs; a reference
     model that runs per step is prepared by :func:`~llamafactory_wspo.train.trainer_utils.prepare_frozen_model`.
+
+    With ``packed`` the batches are packed pair rows (:mod:`llamafactory_wspo.data.packed_pairs`): the sequences of a
+    row (``chosen_1, rejected_1, chosen_2, ...``) are found from the restarts of ``position_ids``, and every sum,
+    mean, length and weight is taken per sequence, as without packing. The loss is the mean over the pairs of the
+    whole optimiser step (:mod:`llamafactory_wspo.train.packed_step`), as for WSPO's packed examples.
     """
 
-    def __init__(self, model: "PreTrainedModel", ref_model: Optional["PreTrainedModel"] = None, **kwargs) -> None:
+    def __init__(
+        self,
+        model: "PreTrainedModel",
+        ref_model: Optional["PreTrainedModel"] = None,
+        packed: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(model=model, ref_model=None, **kwargs)
+        self.packed = packed
         if ref_model is not None:  # prepared as the WSPO stage prepares its per-step frozen models
             self.ref_model = prepare_frozen_model(ref_model, self.accelerator)
 
@@ -57,6 +73,9 @@ class CustomWPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomDPOTrainer
         labels = batch.pop("labels")
         alignment = "none" if is_ref_model else self.alignment
         response_only = self.finetuning_args.response_only_logits
+        if self.packed:
+            return self._packed_forward(model, {**batch, "labels": labels}, alignment, is_ref_model)
+
         token_logps, aligned, mask, mean_logits = score_tokens(
             model, {**batch, "labels": labels}, alignment, response_only
         )
@@ -69,10 +88,32 @@ class CustomWPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomDPOTrainer
 
         return output
 
+    def _packed_forward(
+        self, model: "PreTrainedModel", batch: dict[str, torch.Tensor], alignment: str, is_ref_model: bool
+    ) -> dict[str, torch.Tensor]:
+        r"""The outputs of :meth:`concatenated_forward` for packed pair rows, per sequence in pair order."""
+        mask = response_mask(batch["labels"])
+        with nullcontext([]) if is_ref_model else _scored_logit_means(model, mask) as logit_means:
+            token_logps, aligned, mask, _ = score_tokens(
+                model, batch, alignment, self.finetuning_args.response_only_logits
+            )
+
+        index, count = _pair_index(mask, batch["position_ids"])
+        output = self._pair_outputs(*_pair_order(per_example_sum(token_logps, index, count), index, count))
+        if not is_ref_model:
+            weights = per_example_mean(aligned.detach(), index, count).exp()
+            output["weights"] = torch.cat([weights[0::2], weights[1::2]])  # chosen, then rejected
+            means = per_example_mean(logit_means[0], index, count)
+            output["chosen_logits"], output["rejected_logits"] = means[0::2], means[1::2]
+
+        return output
+
     def _sequence_outputs(self, token_logps: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         r"""Summed (or, for ipo/orpo/simpo, averaged) log-probs of chosen and rejected, as the DPO stage computes."""
-        length = mask.sum(-1)
-        logps = token_logps.sum(-1)
+        return self._pair_outputs(token_logps.sum(-1), mask.sum(-1))
+
+    def _pair_outputs(self, logps: torch.Tensor, length: torch.Tensor) -> dict[str, torch.Tensor]:
+        r""":meth:`_sequence_outputs` from each sequence's summed log-prob and length (chosen ones, then rejected)."""
         if self.loss_type in _AVERAGED_LOSSES:
             logps = logps / length.clamp(min=1)
 
@@ -96,9 +137,17 @@ class CustomWPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomDPOTrainer
             policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, loss_type=self.loss_type
         )
 
-    def _precomputed_reference(self, ref_logps: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _precomputed_reference(
+        self, ref_logps: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         mask = response_mask(labels)
-        output = self._sequence_outputs(ref_logps.float() * mask, mask)
+        if self.packed:
+            index, count = _pair_index(mask, position_ids)
+            sums = per_example_sum(ref_logps.float() * mask, index, count)
+            output = self._pair_outputs(*_pair_order(sums, index, count))
+        else:
+            output = self._sequence_outputs(ref_logps.float() * mask, mask)
+
         return output["chosen_logps"], output["rejected_logps"]
 
     @override
@@ -110,7 +159,9 @@ class CustomWPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomDPOTrainer
     ) -> tuple[torch.Tensor, dict[str, float]]:
         ref_logps = batch.pop(REF_LOGPS, None)
         if ref_logps is not None and self.finetuning_args.use_ref_model:
-            ref_chosen_logps, ref_rejected_logps = self._precomputed_reference(ref_logps, batch["labels"])
+            ref_chosen_logps, ref_rejected_logps = self._precomputed_reference(
+                ref_logps, batch["labels"], batch.get("position_ids")
+            )
         else:
             ref_chosen_logps, ref_rejected_logps = self.compute_reference_log_probs(model, batch)
 
@@ -143,4 +194,61 @@ class CustomWPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomDPOTrainer
             rows = torch.arange(len(output["weights"]), device=output["weights"].device)
             self.weights_callback.add(output["weights"], chosen=rows < len(chosen_weights))
 
-        return losses.mean(), metrics
+        return (self.step_mean(losses, train_eval == "train") if self.packed else losses.mean()), metrics
+
+    def count_examples(self, batch: dict[str, torch.Tensor]) -> int:
+        r"""The pairs of a packed micro-batch (:class:`~llamafactory_wspo.train.packed_step.PackedStepMixin`)."""
+        return _pair_index(response_mask(batch["labels"]), batch["position_ids"])[1] // 2
+
+
+def _pair_index(mask: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    r"""The sequence of every scored position of packed pair rows, and the number of sequences.
+
+    Every sequence of the rows must hold a scored position (``drop_unscored`` keeps only such pairs), so that
+    sequence ``2i`` is pair ``i``'s chosen one and ``2i + 1`` its rejected one. A sequence is at least two tokens
+    long (prompt and response); the padding restarts its positions at every token.
+    """
+    index, count = example_index(mask, segment_ids(position_ids))
+    sequences = int(((position_ids[:, :-1] == 0) & (position_ids[:, 1:] == 1)).sum())
+    if count != sequences or count % 2:
+        raise ValueError(
+            f"A packed batch holds {sequences} sequences, {count} of them with a response token: packed pair rows "
+            "hold a chosen and a rejected sequence per pair, each with a response token."
+        )
+
+    return index, count
+
+
+def _pair_order(sums: torch.Tensor, index: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-sequence sums and lengths for :meth:`CustomWPOTrainer._pair_outputs`: chosen sequences first, then
+    rejected (sequence ``2i`` of a packed batch is pair ``i``'s chosen one, ``2i + 1`` its rejected one)."""
+    order = torch.cat([torch.arange(0, count, 2), torch.arange(1, count, 2)]).to(sums.device)
+    return sums[order], per_example_count(index, count).to(sums.device)[order]
+
+
+@contextmanager
+def _scored_logit_means(model: "PreTrainedModel", mask: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+    r"""The mean logit (over the vocabulary) of every scored position of ``mask``, ``(batch, length - 1)``, from the
+    logits that the model's forward returns (full, or the scored positions alone: :mod:`llamafactory_wspo.scoring`).
+
+    For the ``logits/*`` metrics, which the unpacked path takes per row from ``score_tokens``.
+    """
+    from accelerate.utils import extract_model_from_parallel
+
+    captured: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        logits = output.logits.detach()
+        if logits.dim() == 3 and logits.shape[:2] == (mask.size(0), mask.size(1) + 1):
+            logits = logits[:, :-1][mask]
+        else:  # the scored positions alone, in the order of `mask.nonzero()`
+            logits = logits.reshape(-1, logits.size(-1))
+
+        means = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+        captured.append(means.masked_scatter(mask.to(logits.device), logits.float().mean(-1)))
+
+    handle = extract_model_from_parallel(model).register_forward_hook(keep)
+    try:
+        yield captured
+    finally:
+        handle.remove()

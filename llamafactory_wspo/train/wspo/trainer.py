@@ -10,10 +10,12 @@ from typing_extensions import override
 
 from ...logps.shift_stats import token_mean
 from ...logps.store import REF_LOGPS, WEAK_SHIFT
-from ...losses import response_mask, sft_loss, wspo_loss
+from ...losses import response_mask, sft_loss, wspo_loss, wspo_token_losses
+from ...packing import example_index, per_example_mean, per_example_sum, segment_ids
 from ...scoring import TokenScores, score_tokens
 from ..guards import FiniteLossMixin
 from ..metrics import PreferenceMetricsMixin
+from ..packed_step import PackedStepMixin
 from ..trainer_utils import prepare_frozen_model
 from .targets import WSPO_COLUMNS, pop_weak_batch, project_per_step, projection_metrics, wspo_targets
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from ...hparams import WSPOArguments
 
 
-class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
+class CustomWSPOTrainer(PackedStepMixin, FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
     r"""Trains the strong policy to reproduce ``weak_shift / gamma`` as its per-token log-ratio.
 
     With precomputed columns in the batch, only the policy runs. Otherwise the weak models (and the
@@ -38,6 +40,7 @@ class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
         weak_aligned_model: Optional["PreTrainedModel"] = None,
         ref_model: Optional["PreTrainedModel"] = None,
         storage_dtype: torch.dtype = torch.float32,
+        packed: bool = False,
         **kwargs,
     ) -> None:
         disable_dropout_in_model(kwargs["model"])
@@ -46,6 +49,7 @@ class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
         self.gamma = finetuning_args.pref_beta
         self.ftx = finetuning_args.pref_ftx
         self.storage_dtype = storage_dtype
+        self.packed = packed
         self.frozen_models = {
             name: prepare_frozen_model(model, self.accelerator)
             for name, model in (
@@ -97,6 +101,9 @@ class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
         policy_logps, _, mask, _ = self._logps(model, batch)
         ref_logps = targets[REF_LOGPS].float()
         weak_shift = targets[WEAK_SHIFT].float()
+        if self.packed:
+            return self._packed_loss_metrics(batch, policy_logps, ref_logps, weak_shift, mask, targets, train_eval)
+
         fit = wspo_loss(policy_logps, ref_logps, weak_shift, mask, self.gamma)
         losses = fit
         if self.ftx > 1e-6:
@@ -113,6 +120,44 @@ class CustomWSPOTrainer(FiniteLossMixin, PreferenceMetricsMixin, CustomTrainer):
             **projection_metrics(targets, prefix),
         }
         return losses.mean(), metrics
+
+    def _packed_loss_metrics(
+        self,
+        batch: dict[str, torch.Tensor],
+        policy_logps: torch.Tensor,
+        ref_logps: torch.Tensor,
+        weak_shift: torch.Tensor,
+        mask: torch.Tensor,
+        targets: dict[str, torch.Tensor],
+        train_eval: Literal["train", "eval"],
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        r"""The same objective on packed rows: each example's token mean, then the mean over examples.
+
+        In training, the mean over the examples of the whole optimiser step
+        (:mod:`llamafactory_wspo.train.packed_step`).
+        """
+        index, count = example_index(mask, segment_ids(batch["position_ids"]) if "position_ids" in batch else None)
+        fit = per_example_mean(wspo_token_losses(policy_logps, ref_logps, weak_shift, self.gamma), index, count)
+        losses = fit
+        if self.ftx > 1e-6:
+            losses = losses - self.ftx * per_example_mean(policy_logps, index, count)
+
+        loss = self.step_mean(losses, train_eval == "train")
+        prefix = "eval_" if train_eval == "eval" else ""
+        metrics = {
+            f"{prefix}wspo/fit_mse": fit.mean().item(),
+            f"{prefix}wspo/weak_shift_mean": token_mean(weak_shift, mask),
+            f"{prefix}wspo/weak_logratio": per_example_mean(weak_shift, index, count).mean().item(),
+            f"{prefix}wspo/strong_logratio": per_example_mean(policy_logps - ref_logps, index, count).mean().item(),
+            f"{prefix}logps/chosen": per_example_sum(policy_logps.detach(), index, count).mean().item(),
+            f"{prefix}wspo/examples_per_row": count / max(mask.size(0), 1),
+            **projection_metrics(targets, prefix),
+        }
+        return loss, metrics
+
+    def count_examples(self, batch: dict[str, torch.Tensor]) -> int:
+        segments = segment_ids(batch["position_ids"]) if "position_ids" in batch else None
+        return example_index(response_mask(batch["labels"]), segments)[1]
 
     @override
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):

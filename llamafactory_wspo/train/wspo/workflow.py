@@ -9,10 +9,19 @@ from llamafactory.model import load_model, load_tokenizer
 
 from ...data import SFTDataCollatorWithLogps, check_wspo_data, get_wspo_dataset, max_token_id
 from ...frozen import frozen_models
+from ...host.packing import restore_neat_packing
 from ...logging import get_logger
 from ...logps.shift_stats import report as report_weak_shift
 from ...vocab import check_embedding_sizes, cross_tokenizer_side
-from ..trainer_utils import check_model_paths, precompute_frozen_logps, train_and_evaluate
+from ..trainer_utils import (
+    check_model_paths,
+    check_packing,
+    packing_cache_key,
+    packing_collator_args,
+    precompute_frozen_logps,
+    train_and_evaluate,
+    training_attn_implementation,
+)
 from .targets import projected_targets, wspo_targets
 from .trainer import CustomWSPOTrainer
 
@@ -35,8 +44,11 @@ def run_wspo(
     finetuning_args: "WSPOArguments",
     callbacks: list["TrainerCallback"] | None = None,
 ):
+    restore_neat_packing(model_args, data_args)
     check_model_paths(model_args, finetuning_args, WSPO_MODEL_KEYS)
     pairwise = check_wspo_data(data_args, finetuning_args)
+    if data_args.packing:
+        check_packing(model_args, data_args, training_args, finetuning_args)
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
     frozen = frozen_models(model_args, finetuning_args)
@@ -66,6 +78,7 @@ def run_wspo(
         compute_dtype=model_args.compute_dtype,
         **tokenizer_module,
     )
+    collator_args.update(packing_collator_args(model_args, data_args))
 
     store = None
     if finetuning_args.precompute_logps:
@@ -84,6 +97,7 @@ def run_wspo(
                 "dtype": str(storage_dtype),
                 "tokenizer_size": len(tokenizer),
                 **(weak_side.cache_key() if weak_side else {}),
+                **packing_cache_key(data_args),
             },
         )
         report_weak_shift(store.statistics, finetuning_args.wspo_shift_warning, finetuning_args.pref_beta)
@@ -97,10 +111,15 @@ def run_wspo(
             "ref_model": None if frozen.ref.is_policy else frozen.ref.load(),
         }
 
+    if data_args.packing:  # as LLaMA-Factory's SFT workflow: the loaded policy's attention and compute dtype
+        collator_args["attn_implementation"] = training_attn_implementation(model, collator_args, store is not None)
+        collator_args["compute_dtype"] = model_args.compute_dtype
+
     trainer = CustomWSPOTrainer(
         model=model,
         args=training_args,
         finetuning_args=finetuning_args,
+        packed=data_args.packing,
         data_collator=SFTDataCollatorWithLogps(model=model, store=store, **collator_args),
         callbacks=callbacks,
         storage_dtype=storage_dtype,

@@ -174,7 +174,8 @@ def _move_after(block, anchor) -> None:
 
 
 def _connect(engine, elem_dict: dict[str, Any], plugin_elems: dict[str, Any]) -> None:
-    r"""Show the selected plugin stage's settings, and label ``pref_beta`` as γ for WSPO, in every language."""
+    r"""Show the selected plugin stage's settings, label ``pref_beta`` as γ for WSPO, in every language, and untick
+    "Use neat packing" for GRPO."""
     lang = engine.manager.get_elem_by_id("top.lang")
     training_stage, pref_beta = elem_dict["training_stage"], elem_dict["pref_beta"]
     outputs = [plugin_elems[TAB], *(plugin_elems[key] for key in FIELDS), pref_beta]
@@ -187,6 +188,17 @@ def _connect(engine, elem_dict: dict[str, Any], plugin_elems: dict[str, Any]) ->
 
     training_stage.change(on_stage_change, [lang, training_stage], outputs, queue=False)
     lang.change(on_lang_change, [lang, training_stage], outputs, queue=False)
+
+    # "Use neat packing" for GRPO: LLaMA-Factory refuses it, so selecting GRPO unticks it, as LLaMA-Board's own
+    # stage change unticks "Pack sequences" for every stage but pre-training. Every other stage leaves the box as
+    # it is; WSPO and WPO pass both boxes on (`packing`, `neat_packing`). The runner refuses GRPO with either box
+    # ticked (a loaded configuration).
+    def on_stage_change_packing(stage_label: str):
+        import gradio as gr
+
+        return gr.update(value=False) if get_stage(stage_label) == "grpo" else gr.update()
+
+    training_stage.change(on_stage_change_packing, [training_stage], [elem_dict["neat_packing"]], queue=False)
 
     # LLaMA-Board relabels every element on a language change; the label of `pref_beta` depends on the stage,
     # so it is left to `on_lang_change` (one writer per element: no race between the two listeners). The engine's
