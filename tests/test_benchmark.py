@@ -75,3 +75,30 @@ def test_packing_preset_lengths_are_long_tailed_with_the_stated_mean(device: str
         assert statistics.stdev(logs) == pytest.approx(benchmark.LENGTH_SIGMA, abs=0.06)
     stats = benchmark.length_stats(lengths)
     assert stats["mean"] == statistics.mean(totals) and stats["median"] == median and stats["max"] == totals[-1]
+
+
+def test_cpu_packing_preset_keeps_the_gpu_presets_flop_mix() -> None:
+    r"""The CPU packing preset is the GPU preset's model at a quarter of its width and of its row: a token's split of
+    multiply-adds between attention and the dense layers is the same. Qwen2-1.5B's figures by hand: q and o
+    1536 x 1536 each, k and v 1536 x 256 each (2 key-value heads of 128), the gated MLP 3 x 1536 x 8960; attention
+    over a 2048-token row, q.k and the sum of v, 2 x 2048 x 1536."""
+    benchmark = script_module("benchmark")
+    gpu, cpu = benchmark.PACKING_DEFAULTS["cuda"], benchmark.PACKING_DEFAULTS["cpu"]
+    full = benchmark.flop_mix(benchmark.PRESETS[gpu["preset"]]["strong"], gpu["seq_len"])
+    assert full["dense"] == 2 * 1536 * 1536 + 2 * 1536 * 256 + 3 * 1536 * 8960 == 46_792_704
+    assert full["attention"] == 2 * 2048 * 1536 == 6_291_456
+    assert full["attention_share"] == pytest.approx(6_291_456 / (46_792_704 + 6_291_456))
+    quarter = benchmark.flop_mix(benchmark.PRESETS[cpu["preset"]]["strong"], cpu["seq_len"])
+    assert quarter["dense"] * 16 == full["dense"] and quarter["attention"] * 16 == full["attention"]
+    # the former CPU preset ("small"): attention took more than twice the share it takes in the model it stands for
+    small = benchmark.flop_mix(benchmark.PRESETS["small"]["strong"], cpu["seq_len"])
+    assert small["attention_share"] > 2 * full["attention_share"]
+
+
+def test_padding_bound_is_the_ratio_of_positions_per_real_token() -> None:
+    benchmark = script_module("benchmark")
+    results = {"packed": {"padding_share": 0.05}, "unpacked": {"padding_share": 0.40}, "zero3": {"rows": 3}}
+    # 100 real tokens: 100 / 0.95 positions packed, 100 / 0.6 unpacked
+    assert benchmark.padding_bound(results, "packed", "unpacked") == pytest.approx((100 / 0.6) / (100 / 0.95))
+    assert benchmark.padding_bound(results, "packed", "zero3") is None
+    assert benchmark.padding_bound(results, "packed", "missing") is None

@@ -79,6 +79,11 @@ def test_config_file_errors(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(CliError, match="expected a mapping"):
         parse(str(tmp_path / "list.yaml"))
+    (tmp_path / "latin1.yaml").write_bytes("model_name_or_path: m\nsystem: café\n".encode("latin-1"))
+    with pytest.raises(CliError) as error:  # not UTF-8: one line naming the file, not a UnicodeDecodeError
+        parse(str(tmp_path / "latin1.yaml"))
+    assert "latin1.yaml: cannot be read" in str(error.value) and "utf-8" in str(error.value)
+    assert "\n" not in str(error.value)
 
 
 def test_help_lists_every_option_with_its_default(capsys) -> None:

@@ -5,7 +5,7 @@ Three levels, each against an independent computation:
   alone (unpadded, one forward each), for Qwen2, Llama and Gemma-2; no example sees another;
 - training: one optimiser step over the same examples, packed (one row per micro-batch, accumulated) and unpacked
   (all examples in one batch), gives the same loss and the same update (SGD: the update is the gradient) in the
-  precomputed and per-step modes, full and LoRA;
+  precomputed and per-step modes, full and LoRA, for Qwen2 and Llama (SDPA) and Gemma-2 (eager);
 - rows: :func:`~llamafactory_wspo.data.packed.pack_batch` (pairwise data sets) lays rows out as the host's
   ``PackedSupervisedDatasetProcessor`` does.
 """
@@ -193,13 +193,15 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _build_strong(assets: Path, out: Path, model_type: str) -> Path:
-    r"""The strong model of the tiny assets' tokenizer in another architecture (Llama), saved with the tokenizer."""
+    r"""The strong model of the tiny assets' tokenizer in another architecture (Llama, Gemma-2: sliding window 4096,
+    longer than any row here), saved with the tokenizer."""
     if model_type == "qwen2":
         return assets / "strong"
 
     from llamafactory_wspo.cli.smoke_families import build_model
 
-    return build_model(out, assets / "tokenizer", template={"llama": "llama3"}[model_type], max_positions=512)
+    template = {"llama": "llama3", "gemma2": "gemma2"}[model_type]
+    return build_model(out, assets / "tokenizer", template=template, max_positions=512)
 
 
 def _one_step(assets, workdir, run_in_process, packed: bool, **overrides) -> tuple[dict, dict]:
@@ -233,6 +235,9 @@ def _one_step(assets, workdir, run_in_process, packed: bool, **overrides) -> tup
         ("llama", "full", False, "tiny_sft"),
         ("llama", "lora", True, "tiny_sft"),
         ("qwen2", "full", True, "tiny_pairs"),  # a pairwise set's chosen responses, packed by data/packed.py
+        # eager attention (the host gives Gemma-2 eager on the CPU), soft-capped attention and logits
+        ("gemma2", "full", True, "tiny_sft"),
+        ("gemma2", "lora", False, "tiny_sft"),
     ],
 )
 def test_packed_training_step_equals_unpacked(
@@ -246,6 +251,8 @@ def test_packed_training_step_equals_unpacked(
     log_u, weights_u, _ = _one_step(assets, tmp_path / "unpacked", run_in_process, False, **common)
     log_p, weights_p, run = _one_step(assets, tmp_path / "packed", run_in_process, True, **common)
     assert log_p["wspo/examples_per_row"] > 1.5  # several examples a row
+    if model_type == "gemma2":  # eager attention: the 4D mask through the host's plain softmax(q.k + mask)
+        assert "Using vanilla attention implementation." in run.log
     assert log_p["loss"] == pytest.approx(log_u["loss"], rel=1e-5)
     assert weights_p.keys() == weights_u.keys()
     moved = 0.0

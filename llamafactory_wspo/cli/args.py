@@ -106,8 +106,8 @@ def read_config(path: str) -> dict[str, Any]:
         raise CliError(f"config file {path}: no such file")
     import yaml
 
-    text = file.read_text(encoding="utf-8")
-    try:
+    try:  # UnicodeDecodeError is a ValueError: a file that is not UTF-8 text
+        text = file.read_text(encoding="utf-8")
         config = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as err:
         raise CliError(f"config file {path}: cannot be read ({' '.join(str(err).split())})") from None
